@@ -1,0 +1,3 @@
+"""scalekit: a JAX toolkit for scaling research."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,265 @@
+"""Checkpoints that survive preemption: orbax CheckpointManager with async saves, keep-N, exact resume.
+
+A checkpoint at step s holds four items: `params`, `train` (step, optimizer state, RNG), `data` (each process's
+grain iterator state, `process_<i>-of-<n>.json`) and `config` (the resolved config). Parameters are their own item
+so that `init_from` can start a new run from them alone. Restores take the target shardings, so a checkpoint saved
+on one mesh restores onto any other (orbax reshards on load).
+
+Integrity: orbax writes each step into a temporary directory and renames it when complete, so a save killed
+mid-write never appears as a step. After a save completes we also write a manifest of file sizes; on restore a
+step whose files no longer match it (truncated, deleted) or that fails to read is skipped with a warning naming the
+problem, and the next older step is tried. Nothing is half-restored: a step is used only if every item loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+from scalekit.train.state import TrainState
+
+MANIFEST = "scalekit_manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one was expected."""
+
+
+# --- the per-process data-iterator item -----------------------------------------------------------------------------
+
+class DataStateHandler(ocp.CheckpointHandler):
+    """Saves a snapshot of each process's data-iterator state as process_<i>-of-<n>.json.
+
+    The snapshot is taken when `save` is called (not when the async write runs), so the saved data position always
+    matches the saved train state.
+    """
+
+    def save(self, directory: epath.Path, args: "DataStateSave") -> None:
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        (directory / name).write_text(json.dumps(args.state))
+
+    def restore(self, directory: epath.Path, args: "DataStateRestore | None" = None) -> Any:
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        path = directory / name
+        if not path.exists():
+            found = sorted(p.name for p in directory.iterdir())
+            raise CheckpointError(f"no data-iterator state {name} in {directory} (found {found}): the checkpoint "
+                                  "was written by a different number of processes")
+        return json.loads(path.read_text())
+
+    def metadata(self, directory: epath.Path) -> None:
+        return None
+
+    def finalize(self, directory: epath.Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @classmethod
+    def typestr(cls) -> str:
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    state: Any
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------------
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying the target shardings (what orbax restores into)."""
+    def one(x: Any, s: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+    return jax.tree.map(one, tree, shardings)
+
+
+def _manifest(step_dir: Path) -> dict[str, int]:
+    return {str(p.relative_to(step_dir)): p.stat().st_size
+            for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def verify_step_dir(step_dir: Path) -> str | None:
+    """None if the step's files match its manifest (or it has none yet), else what is wrong."""
+    path = step_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        expected = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError) as e:
+        return f"manifest unreadable ({e})"
+    actual = _manifest(step_dir)
+    for name, size in expected.items():
+        if name not in actual:
+            return f"file {name} is missing"
+        if actual[name] != size:
+            return f"file {name} has {actual[name]} bytes, expected {size} (truncated or overwritten)"
+    return None
+
+
+def _is_local(directory: str) -> bool:
+    return "://" not in directory
+
+
+# --- the checkpointer ------------------------------------------------------------------------------------------------
+
+class Checkpointer:
+    """Saves and restores a run's checkpoints under `cfg.checkpoint.dir` (default `<workdir>/checkpoints`)."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | os.PathLike):
+        c = cfg.checkpoint
+        self.directory = c.dir or str(Path(workdir) / "checkpoints")
+        self.every = int(c.every)
+        self.config_dict = json.loads(cfg.to_json_best_effort())
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=int(c.keep), keep_period=int(c.keep_period) or None, create=True,
+            enable_async_checkpointing=bool(c.async_save), cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(epath.Path(self.directory), options=options,
+                                             item_names=("params", "train", "data", "config"))
+
+    def should_save(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def save(self, step: int, state: TrainState, data_state: Any, force: bool = False) -> None:
+        """Start an (async) save of everything needed to resume at `step`."""
+        self._write_manifests()
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state, "rng": state.rng}),
+            data=DataStateSave(data_state),
+            config=ocp.args.JsonSave(self.config_dict)), force=force)
+
+    def wait(self) -> None:
+        """Block until pending saves are on disk, then record their manifests."""
+        self.manager.wait_until_finished()
+        self._write_manifests()
+
+    def _write_manifests(self) -> None:
+        if jax.process_index() != 0 or not _is_local(self.directory):
+            return
+        for step in self.manager.all_steps():
+            step_dir = Path(self.directory) / str(step)
+            if step_dir.is_dir() and not (step_dir / MANIFEST).exists() and self._finalized(step):
+                tmp = step_dir / (MANIFEST + ".tmp")
+                tmp.write_text(json.dumps(_manifest(step_dir)))
+                tmp.replace(step_dir / MANIFEST)
+
+    def _finalized(self, step: int) -> bool:
+        pending = getattr(self.manager, "is_saving_in_progress", lambda: False)()
+        return not pending or step != self.manager.latest_step()
+
+    def restore_latest(self, shardings: TrainState) -> tuple[TrainState, Any] | None:
+        """The newest step that verifies and loads completely, or None when there are no checkpoints.
+
+        Raises CheckpointError when checkpoints exist but none of them is usable (never starts over silently).
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        problems = []
+        for step in steps:
+            problem = verify_step_dir(Path(self.directory) / str(step)) if _is_local(self.directory) else None
+            if problem is None:
+                try:
+                    return self._restore(step, shardings)
+                except Exception as e:  # orbax/tensorstore raise many types for damaged files
+                    problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            problems.append(f"step {step}: {problem}")
+            warnings.warn(f"checkpoint step {step} in {self.directory} is unusable ({problem}); "
+                          "falling back to the previous one", RuntimeWarning, stacklevel=2)
+        if problems:
+            raise CheckpointError(f"no usable checkpoint in {self.directory}:\n  " + "\n  ".join(problems) +
+                                  "\nMove the directory aside to start from scratch.")
+        return None
+
+    def _restore(self, step: int, shardings: TrainState) -> tuple[TrainState, Any]:
+        meta = self.manager.item_metadata(step)
+        del meta  # reading metadata first surfaces unreadable checkpoints early
+        abstract_train = {"step": shardings.step, "opt_state": shardings.opt_state, "rng": shardings.rng}
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(_abstract_like(shardings.params, self._shapes(step, "params"))),
+            train=ocp.args.StandardRestore(_abstract_like(abstract_train, self._shapes(step, "train"))),
+            data=DataStateRestore()))
+        train = restored["train"]
+        state = TrainState(step=train["step"], params=restored["params"], opt_state=train["opt_state"],
+                           rng=train["rng"])
+        return state, restored["data"]
+
+    def _shapes(self, step: int, item: str) -> Any:
+        return self.manager.item_metadata(step)[item]
+
+    def close(self) -> None:
+        self.wait()
+        self.manager.close()
+
+
+def _abstract_like(shardings: Any, metadata: Any) -> Any:
+    """Target ShapeDtypeStructs: structure and shardings from ours, shapes and dtypes from the saved metadata."""
+    def one(s: Any, m: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=s)
+    flat_meta = dict(jax.tree_util.tree_flatten_with_path(metadata)[0])
+    flat_shard, treedef = jax.tree_util.tree_flatten_with_path(shardings)
+    leaves = []
+    for path, s in flat_shard:
+        m = flat_meta.get(path) or _match_path(flat_meta, path)
+        if m is None:
+            raise CheckpointError(f"checkpoint has no entry {jax.tree_util.keystr(path)}: it was saved by a "
+                                  "different model or optimizer")
+        leaves.append(one(s, m))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _match_path(flat_meta: dict, path: tuple) -> Any:
+    """Match key paths by their string form (saved namedtuples come back as dicts or lists)."""
+    want = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    for p, m in flat_meta.items():
+        have = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in p]
+        if have == want:
+            return m
+    return None
+
+
+def resolve_checkpoint_dir(path: str) -> tuple[str, int | None]:
+    """Accept a run workdir, a checkpoints directory, or one step's directory; return (checkpoints dir, step)."""
+    p = epath.Path(path)
+    if not p.exists():
+        raise CheckpointError(f"init_from={path!r} does not exist")
+    if (p / "checkpoints").is_dir():
+        return str(p / "checkpoints"), None
+    if (p / "params").is_dir() and p.name.isdigit():
+        return str(p.parent), int(p.name)
+    return str(p), None
+
+
+def load_params(path: str, param_shardings: Any) -> Any:
+    """Parameters (only) from another run's checkpoint, resharded onto `param_shardings` (for fine-tuning)."""
+    directory, step = resolve_checkpoint_dir(path)
+    manager = ocp.CheckpointManager(epath.Path(directory), item_names=("params",),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"init_from={path!r}: no checkpoint steps in {directory}")
+    meta = manager.item_metadata(step)["params"]
+    target = _abstract_like(param_shardings, meta)
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+    finally:
+        manager.close()
+    return restored["params"]

@@ -1,0 +1,34 @@
+"""`scalekit <command> ...`: dispatch to the command's module, each exposing main(argv) -> int."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("scalekit.cli.train", "train a model from a config"),
+    "fit": ("scalekit.cli.fit", "fit a scaling law to a CSV/JSONL file or a sweep directory"),
+    "sweep": ("scalekit.cli.sweep", "plan, run, inspect and export scaling sweeps"),
+    "launch": ("scalekit.cli.launch", "write and submit Slurm or Kubernetes jobs"),
+    "preflight": ("scalekit.cli.preflight", "measure device and interconnect throughput, find stragglers"),
+    "report": ("scalekit.cli.report", "write an HTML report of a sweep's fits"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: scalekit <command> [args]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"scalekit: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)

@@ -1,0 +1,56 @@
+"""`scalekit train --config configs/train.py:<preset> --workdir DIR [--config.field=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from scalekit.config import ConfigError
+
+USAGE = """usage: scalekit train --config FILE[:PRESET] --workdir DIR [--config.FIELD=VALUE ...]
+
+Train a model; resumes from DIR's checkpoints when there are any. Examples:
+  scalekit train --config configs/train.py:tiny --workdir runs/tiny
+  scalekit train --config configs/train.py:s --workdir runs/s --config.steps=500 --config.mesh.fsdp=2
+Metrics go to DIR/metrics.jsonl; the final summary to DIR/summary.json."""
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    from scalekit.cli.configs import parse_config_args
+    try:
+        cfg, rest = parse_config_args(argv)
+    except ConfigError as e:
+        print(f"scalekit train: {e}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog="scalekit train", usage=USAGE)
+    parser.add_argument("--workdir", required=True, help="where metrics, checkpoints and the summary go")
+    args = parser.parse_args(rest)
+
+    # Multi-host initialisation must come before any other JAX call.
+    try:
+        from scalekit.parallel.distributed import initialize
+    except ImportError:  # pragma: no cover - the module ships with scalekit
+        initialize = None
+    if initialize is not None:
+        initialize(cfg.distributed)
+    if cfg.compilation_cache_dir:
+        import jax
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+    from scalekit.train.loop import train
+    try:
+        summary = train(cfg, args.workdir)
+    except ConfigError as e:
+        print(f"scalekit train: {e}", file=sys.stderr)
+        return 2
+    if summary.get("preempted"):
+        print(f"preempted at step {summary['step']}; checkpoint saved in {summary['checkpoint']}")
+    else:
+        print(f"metrics: {os.path.join(args.workdir, 'metrics.jsonl')}")
+    return 0

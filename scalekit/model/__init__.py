@@ -1,0 +1,1 @@
+"""The transformer, its functional wrapper and parameter/FLOP counting."""

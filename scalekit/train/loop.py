@@ -1,0 +1,270 @@
+"""The training driver: config -> mesh + model + data -> jitted steps -> metrics, checkpoints and a summary.
+
+`train(cfg, workdir)` is what `scalekit train` runs. It validates the config before touching a device, builds the
+mesh and shardings, restores the latest good checkpoint if there is one, then runs the steps, fetching each step's
+metrics one step late so the host never makes the device wait.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from scalekit import config as config_lib
+from scalekit.checkpoint import Checkpointer, load_params
+from scalekit.data.pipeline import data_info, make_batches
+from scalekit.model import counting
+from scalekit.model.functional import define
+from scalekit.observe.goodput import Goodput
+from scalekit.observe.metrics import MetricsRecorder
+from scalekit.observe.profile import Profiler
+from scalekit.parallel.mesh import batch_sharding, check_batch, make_mesh
+from scalekit.train import mfu as mfu_lib
+from scalekit.train.optim import make_optimizer
+from scalekit.train.preemption import PreemptionGuard
+from scalekit.train.state import TrainState, init_state, state_shardings
+from scalekit.train.step import jit_steps, make_eval_step, make_train_step
+
+
+def _log(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(f"[scalekit] {msg}", file=sys.stderr, flush=True)
+
+
+def global_batch(local: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding, global_rows: int,
+                 ) -> dict[str, jax.Array]:
+    """Assemble each process's rows into global arrays (jax.make_array_from_process_local_data)."""
+    return {k: jax.make_array_from_process_local_data(sharding, v, (global_rows, *v.shape[1:]))
+            for k, v in local.items()}
+
+
+def evaluate(eval_fn: Any, params: Any, data_cfg: Any, seed: int, n_batches: int, sharding: Any) -> float:
+    """Mean held-out loss (nats/token) over the first `n_batches` eval batches (the same batches every time)."""
+    it = make_batches(data_cfg, "eval", seed, jax.process_index(), jax.process_count())
+    nll, weight = 0.0, 0.0
+    for _ in range(n_batches):
+        out = jax.device_get(eval_fn(params, global_batch(next(it), sharding, data_cfg.batch_size)))
+        nll, weight = nll + float(out["nll_sum"]), weight + float(out["weight_sum"])
+    return nll / max(weight, 1.0)
+
+
+def prepare(cfg: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Any]:
+    """Validate, and resolve derived fields against the data source; returns (resolved config, data info)."""
+    config_lib.validate(cfg)
+    info = data_info(cfg.data)
+    return config_lib.resolve(cfg, info.vocab_size), info
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Train to `cfg.steps`, resuming from `workdir`'s checkpoints; returns the summary written to summary.json."""
+    goodput = Goodput()
+    start_time = time.time()
+    workdir = Path(workdir)
+    cfg, info = prepare(cfg)
+    workdir.mkdir(parents=True, exist_ok=True)
+    process_index, process_count = jax.process_index(), jax.process_count()
+    if process_index == 0:
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2, sort_keys=True))
+
+    with goodput.phase("startup"):
+        mesh = make_mesh(cfg.mesh)
+        check_batch(cfg.data.batch_size, mesh, cfg.optimizer.microbatches)
+        if cfg.data.batch_size % process_count:
+            raise config_lib.ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
+                                         f"{process_count} processes")
+        model_def = define(cfg.model)
+        tx = make_optimizer(cfg.optimizer, cfg.steps)
+        shardings = state_shardings(model_def, tx, mesh)
+        train_fn, eval_fn = jit_steps(make_train_step(model_def, tx, cfg.model.z_loss, cfg.optimizer.microbatches),
+                                      make_eval_step(model_def), shardings, mesh)
+        b_shard = batch_sharding(mesh)
+        n_total = counting.count_params(cfg.model, "total")
+        n_nonembed = counting.count_params(cfg.model, "non_embedding")
+        tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+        flops_per_token = counting.flops_per_token(cfg.model, cfg.data.seq_len, "palm")
+        peak = cfg.peak_flops * (jax.device_count() if jax.devices()[0].platform != "cpu" else process_count)
+        if not peak:
+            peak = mfu_lib.machine_peak_flops(cfg.model.dtype)
+        run_name = cfg.observe.run_name or workdir.resolve().name
+        recorder = MetricsRecorder(workdir, run_name=run_name, process_index=process_index,
+                                   host=socket.gethostname(), prometheus_port=cfg.observe.prometheus_port,
+                                   prometheus_host=cfg.observe.prometheus_host, tensorboard=cfg.observe.tensorboard)
+        ckpt = Checkpointer(cfg, workdir)
+
+    _log(f"{n_total:,} parameters ({n_nonembed:,} non-embedding) on mesh {dict(mesh.shape)}; "
+         f"{info.description}")
+    with goodput.phase("checkpoint_restore"):
+        restored = ckpt.restore_latest(shardings)
+    if restored is not None:
+        state, data_state = restored
+        start_step = int(state.step)
+        goodput.lost(_seconds_lost(workdir, start_step))
+        _log(f"resumed from checkpoint at step {start_step} ({ckpt.directory})")
+    else:
+        state, data_state, start_step = init_state(model_def, tx, cfg.seed, shardings), None, 0
+        if cfg.init_from:
+            params = load_params(cfg.init_from, shardings.params)
+            _check_same_shapes(params, model_def.abstract_params, cfg.init_from)
+            state = state.replace(params=params)
+            _log(f"initialised parameters from {cfg.init_from}")
+    train_iter = make_batches(cfg.data, "train", cfg.seed, process_index, process_count)
+    if data_state is not None:
+        train_iter.set_state(data_state)
+
+    guard = PreemptionGuard()
+    profiler = Profiler(cfg.profile_steps, workdir / "profile")
+    eval_curve: list[list[float]] = _previous_eval_curve(workdir) if start_step else []
+    last_loss, last_eval = float("nan"), float("nan")
+    pending: tuple[int, dict, float, float] | None = None
+    bar = _progress(cfg, start_step)
+    step_clock = time.perf_counter()
+    compiled = False
+
+    def flush(item: tuple[int, dict, float, float] | None) -> None:
+        nonlocal last_loss, step_clock
+        if item is None:
+            return
+        step_no, metrics_dev, data_wait, lr = item
+        metrics = jax.device_get(metrics_dev)
+        now = time.perf_counter()
+        step_time, step_clock = now - step_clock, now
+        last_loss = float(metrics["loss"])
+        tokens = step_no * tokens_per_step
+        values = {"loss": last_loss, "lr": lr, "grad_norm": float(metrics["grad_norm"]), "tokens": tokens,
+                  "flops": tokens * flops_per_token, "step_time_s": step_time,
+                  "tokens_per_s": tokens_per_step / step_time,
+                  "mfu": tokens_per_step * flops_per_token / step_time / peak, "data_wait_s": data_wait}
+        if step_no % cfg.log_every == 0 or step_no == cfg.steps:
+            recorder.log_train(step_no, values)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{values['tokens_per_s']:.3g}", refresh=False)
+
+    schedule = tx_schedule(cfg)
+    step = start_step
+    try:
+        while step < cfg.steps:
+            profiler.maybe_start(step)
+            t0 = time.perf_counter()
+            with goodput.phase("data_wait"):
+                local = next(train_iter)
+            data_wait = time.perf_counter() - t0
+            batch = global_batch(local, b_shard, cfg.data.batch_size)
+            with goodput.phase("step" if compiled else "compile"):
+                state, metrics = train_fn(state, batch)
+                if not compiled:
+                    jax.block_until_ready(metrics)
+                    compiled = True
+                    step_clock = time.perf_counter()
+                flush(pending)
+            step += 1
+            pending = (step, metrics, data_wait, float(schedule(step - 1)))
+            profiler.maybe_stop(step, state)
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                flush(pending)
+                pending = None
+                with goodput.phase("eval"):
+                    last_eval = evaluate(eval_fn, state.params, cfg.data, cfg.seed, cfg.eval_batches, b_shard)
+                eval_curve.append([step, last_eval])
+                recorder.log_eval(step, {"eval_loss": last_eval})
+                step_clock = time.perf_counter()
+            if ckpt.should_save(step) or step == cfg.steps or guard.requested:
+                flush(pending)
+                pending = None
+                with goodput.phase("checkpoint_save"):
+                    ckpt.save(step, state, train_iter.get_state(), force=step == cfg.steps or guard.requested)
+                step_clock = time.perf_counter()
+            if guard.requested and step < cfg.steps:
+                with goodput.phase("checkpoint_save"):
+                    ckpt.wait()
+                _log(f"received {guard.signal_name}: saved step {step} to {ckpt.directory}; exiting cleanly")
+                ckpt.close()
+                recorder.close()
+                return {"preempted": True, "step": step, "checkpoint": str(ckpt.directory)}
+        flush(pending)
+        with goodput.phase("checkpoint_save"):
+            ckpt.wait()
+    finally:
+        if bar is not None:
+            bar.close()
+        guard.restore()
+        profiler.close()
+
+    goodput.export(recorder)
+    summary = {
+        "final_loss": last_loss, "eval_loss": last_eval, "eval_curve": eval_curve,
+        "tokens": cfg.steps * tokens_per_step, "flops": cfg.steps * tokens_per_step * flops_per_token,
+        "flops_6n": 6.0 * n_total * cfg.steps * tokens_per_step, "n_params": n_total,
+        "n_params_nonembed": n_nonembed, "steps": cfg.steps, "wall_time_s": time.time() - start_time,
+        "entropy_floor": info.entropy_floor, "host": socket.gethostname(), "process_count": process_count,
+        "goodput": goodput.summary(),
+    }
+    if process_index == 0:
+        tmp = workdir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(workdir / "summary.json")
+        _log(goodput.report())
+        _log(f"done: loss {last_loss:.4f}, eval loss {last_eval:.4f}; metrics in {workdir / 'metrics.jsonl'}")
+    ckpt.close()
+    recorder.close()
+    return summary
+
+
+def tx_schedule(cfg: ml_collections.ConfigDict) -> Any:
+    from scalekit.train.optim import schedule
+    return schedule(cfg.optimizer, cfg.steps)
+
+
+def _check_same_shapes(params: Any, expected: Any, source: str) -> None:
+    got = jax.tree.map(lambda x: tuple(x.shape), params)
+    want = jax.tree.map(lambda x: tuple(x.shape), expected)
+    if got != want:
+        raise config_lib.ConfigError(f"init_from={source!r}: its parameter shapes differ from this model's; the "
+                                     "model fields (and the data vocabulary) must match the pre-trained run")
+
+
+def _read_metrics(workdir: Path) -> list[dict]:
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+    return records
+
+
+def _seconds_lost(workdir: Path, restored_step: int) -> float:
+    """Wall time of the steps logged after the restored checkpoint: work the restart must redo."""
+    redo = [r.get("step_time_s", 0.0) for r in _read_metrics(workdir)
+            if r.get("kind") == "train" and r.get("step", 0) > restored_step]
+    return float(sum(redo))
+
+
+def _previous_eval_curve(workdir: Path) -> list[list[float]]:
+    """Eval points logged before a restart (so the summary's curve covers the whole run)."""
+    curve = {}
+    for rec in _read_metrics(workdir):
+        if rec.get("kind") == "eval" and math.isfinite(rec.get("eval_loss", float("nan"))):
+            curve[rec["step"]] = rec["eval_loss"]
+    return [[s, v] for s, v in sorted(curve.items())]
+
+
+def _progress(cfg: ml_collections.ConfigDict, start: int) -> Any:
+    if not cfg.progress or jax.process_index() != 0 or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
