@@ -43,11 +43,11 @@ class DataStateHandler(ocp.CheckpointHandler):
     matches the saved train state.
     """
 
-    def save(self, directory: epath.Path, args: "DataStateSave") -> None:
+    def save(self, directory: epath.Path, args: "DataStateArgs") -> None:
         name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         (directory / name).write_text(json.dumps(args.state))
 
-    def restore(self, directory: epath.Path, args: "DataStateRestore | None" = None) -> Any:
+    def restore(self, directory: epath.Path, args: "DataStateArgs | None" = None) -> Any:
         name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         path = directory / name
         if not path.exists():
@@ -70,25 +70,26 @@ class DataStateHandler(ocp.CheckpointHandler):
         return f"{cls.__module__}.{cls.__qualname__}"
 
 
-@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@ocp.args.register_with_handler(DataStateHandler, for_save=True, for_restore=True)
 @dataclasses.dataclass
-class DataStateSave(ocp.args.CheckpointArgs):
-    state: Any
+class DataStateArgs(ocp.args.CheckpointArgs):
+    """Save: the iterator state snapshot. Restore: no fields (one class for both: orbax keeps one per handler)."""
 
-
-@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
-@dataclasses.dataclass
-class DataStateRestore(ocp.args.CheckpointArgs):
-    pass
+    state: Any = None
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------------
 
-def _abstract(tree: Any, shardings: Any) -> Any:
-    """ShapeDtypeStructs carrying the target shardings (what orbax restores into)."""
+def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
+    return {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+            "data": DataStateHandler(), "config": ocp.JsonCheckpointHandler()}
+
+
+def restore_target(abstract: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying the target shardings: what orbax restores (and reshards) into."""
     def one(x: Any, s: Any) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-    return jax.tree.map(one, tree, shardings)
+    return jax.tree.map(one, abstract, shardings)
 
 
 def _manifest(step_dir: Path) -> dict[str, int]:
@@ -132,7 +133,7 @@ class Checkpointer:
             max_to_keep=int(c.keep), keep_period=int(c.keep_period) or None, create=True,
             enable_async_checkpointing=bool(c.async_save), cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(epath.Path(self.directory), options=options,
-                                             item_names=("params", "train", "data", "config"))
+                                             item_handlers=_item_handlers())
 
     def should_save(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -145,7 +146,7 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
             train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state, "rng": state.rng}),
-            data=DataStateSave(data_state),
+            data=DataStateArgs(data_state),
             config=ocp.args.JsonSave(self.config_dict)), force=force)
 
     def wait(self) -> None:
@@ -167,10 +168,11 @@ class Checkpointer:
         pending = getattr(self.manager, "is_saving_in_progress", lambda: False)()
         return not pending or step != self.manager.latest_step()
 
-    def restore_latest(self, shardings: TrainState) -> tuple[TrainState, Any] | None:
-        """The newest step that verifies and loads completely, or None when there are no checkpoints.
+    def restore_latest(self, target: TrainState) -> tuple[TrainState, Any] | None:
+        """The newest step that verifies and loads completely into `target`, or None when there are none.
 
-        Raises CheckpointError when checkpoints exist but none of them is usable (never starts over silently).
+        `target` is the train state as ShapeDtypeStructs with the shardings to restore onto (`restore_target`).
+        Raises CheckpointError when checkpoints exist but none is usable (never starts over silently).
         """
         steps = sorted(self.manager.all_steps(), reverse=True)
         problems = []
@@ -178,7 +180,7 @@ class Checkpointer:
             problem = verify_step_dir(Path(self.directory) / str(step)) if _is_local(self.directory) else None
             if problem is None:
                 try:
-                    return self._restore(step, shardings)
+                    return self._restore(step, target)
                 except Exception as e:  # orbax/tensorstore raise many types for damaged files
                     problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
             problems.append(f"step {step}: {problem}")
@@ -189,51 +191,19 @@ class Checkpointer:
                                   "\nMove the directory aside to start from scratch.")
         return None
 
-    def _restore(self, step: int, shardings: TrainState) -> tuple[TrainState, Any]:
-        meta = self.manager.item_metadata(step)
-        del meta  # reading metadata first surfaces unreadable checkpoints early
-        abstract_train = {"step": shardings.step, "opt_state": shardings.opt_state, "rng": shardings.rng}
+    def _restore(self, step: int, target: TrainState) -> tuple[TrainState, Any]:
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract_like(shardings.params, self._shapes(step, "params"))),
-            train=ocp.args.StandardRestore(_abstract_like(abstract_train, self._shapes(step, "train"))),
-            data=DataStateRestore()))
+            params=ocp.args.StandardRestore(target.params),
+            train=ocp.args.StandardRestore({"step": target.step, "opt_state": target.opt_state, "rng": target.rng}),
+            data=DataStateArgs()))
         train = restored["train"]
         state = TrainState(step=train["step"], params=restored["params"], opt_state=train["opt_state"],
                            rng=train["rng"])
         return state, restored["data"]
 
-    def _shapes(self, step: int, item: str) -> Any:
-        return self.manager.item_metadata(step)[item]
-
     def close(self) -> None:
         self.wait()
         self.manager.close()
-
-
-def _abstract_like(shardings: Any, metadata: Any) -> Any:
-    """Target ShapeDtypeStructs: structure and shardings from ours, shapes and dtypes from the saved metadata."""
-    def one(s: Any, m: Any) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=s)
-    flat_meta = dict(jax.tree_util.tree_flatten_with_path(metadata)[0])
-    flat_shard, treedef = jax.tree_util.tree_flatten_with_path(shardings)
-    leaves = []
-    for path, s in flat_shard:
-        m = flat_meta.get(path) or _match_path(flat_meta, path)
-        if m is None:
-            raise CheckpointError(f"checkpoint has no entry {jax.tree_util.keystr(path)}: it was saved by a "
-                                  "different model or optimizer")
-        leaves.append(one(s, m))
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def _match_path(flat_meta: dict, path: tuple) -> Any:
-    """Match key paths by their string form (saved namedtuples come back as dicts or lists)."""
-    want = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-    for p, m in flat_meta.items():
-        have = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in p]
-        if have == want:
-            return m
-    return None
 
 
 def resolve_checkpoint_dir(path: str) -> tuple[str, int | None]:
@@ -248,18 +218,23 @@ def resolve_checkpoint_dir(path: str) -> tuple[str, int | None]:
     return str(p), None
 
 
-def load_params(path: str, param_shardings: Any) -> Any:
-    """Parameters (only) from another run's checkpoint, resharded onto `param_shardings` (for fine-tuning)."""
+def load_params(path: str, target: Any) -> Any:
+    """Parameters (only) from another run's checkpoint, resharded into `target` (for fine-tuning).
+
+    `target`: the parameters as ShapeDtypeStructs with shardings. The shapes must match the saved ones.
+    """
     directory, step = resolve_checkpoint_dir(path)
-    manager = ocp.CheckpointManager(epath.Path(directory), item_names=("params",),
+    manager = ocp.CheckpointManager(epath.Path(directory), item_handlers={"params": ocp.StandardCheckpointHandler()},
                                     options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise CheckpointError(f"init_from={path!r}: no checkpoint steps in {directory}")
-    meta = manager.item_metadata(step)["params"]
-    target = _abstract_like(param_shardings, meta)
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"init_from={path!r}: no checkpoint steps in {directory}")
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"init_from={path!r} (step {step}) does not fit this model: {e}. The model "
+                                  "fields and the data vocabulary must match the pre-trained run.") from e
     finally:
         manager.close()
     return restored["params"]

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from scalekit import config as config_lib
-from scalekit.checkpoint import Checkpointer, load_params
+from scalekit.checkpoint import Checkpointer, load_params, restore_target
 from scalekit.data.pipeline import data_info, make_batches
 from scalekit.model import counting
 from scalekit.model.functional import define
@@ -33,7 +33,7 @@ from scalekit.parallel.mesh import batch_sharding, check_batch, make_mesh
 from scalekit.train import mfu as mfu_lib
 from scalekit.train.optim import make_optimizer
 from scalekit.train.preemption import PreemptionGuard
-from scalekit.train.state import TrainState, init_state, state_shardings
+from scalekit.train.state import abstract_state, init_state, state_shardings
 from scalekit.train.step import jit_steps, make_eval_step, make_train_step
 
 
@@ -105,7 +105,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
     _log(f"{n_total:,} parameters ({n_nonembed:,} non-embedding) on mesh {dict(mesh.shape)}; "
          f"{info.description}")
     with goodput.phase("checkpoint_restore"):
-        restored = ckpt.restore_latest(shardings)
+        target = restore_target(abstract_state(model_def, tx), shardings)
+        restored = ckpt.restore_latest(target)
     if restored is not None:
         state, data_state = restored
         start_step = int(state.step)
@@ -114,7 +115,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
     else:
         state, data_state, start_step = init_state(model_def, tx, cfg.seed, shardings), None, 0
         if cfg.init_from:
-            params = load_params(cfg.init_from, shardings.params)
+            params = load_params(cfg.init_from, target.params)
             _check_same_shapes(params, model_def.abstract_params, cfg.init_from)
             state = state.replace(params=params)
             _log(f"initialised parameters from {cfg.init_from}")

@@ -1,0 +1,39 @@
+# scalekit: `make demo` runs the main job, `make test` the test suite. Both install what they need first.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON_BIN := $(VENV)/bin/python
+# Python >= 3.12: the one .python-version selects (pyenv), else python3.12 on PATH, else python3.
+PY_SYS ?= $(shell for p in python3.12 python3.13 python3; do command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+export JAX_PLATFORMS ?= cpu
+
+.PHONY: install test test-fast demo train bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ -z "$(PY_SYS)" ]; then echo "scalekit needs Python >= 3.12 (jax 0.12); install it or put python3.12 on PATH" >&2; exit 1; fi
+	@test -x $(PYTHON_BIN) || $(PY_SYS) -m venv $(VENV)
+	$(PYTHON_BIN) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+test: install
+	$(PYTHON_BIN) -m pytest -q
+
+test-fast: install
+	$(PYTHON_BIN) -m pytest -q -m "not slow"
+
+train: install
+	$(VENV)/bin/scalekit train --config configs/train.py:tiny --workdir runs/tiny
+
+demo: install
+	$(PYTHON_BIN) experiments/demo.py --workdir runs/demo
+
+bench: install
+	$(PYTHON_BIN) benchmarks/bench_train.py
+	$(PYTHON_BIN) benchmarks/bench_fit.py --quick
+	$(PYTHON_BIN) benchmarks/bench_checkpoint.py
+
+clean:
+	rm -rf runs .pytest_cache
