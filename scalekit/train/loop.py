@@ -98,16 +98,19 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
             peak = mfu_lib.machine_peak_flops(cfg.model.dtype)
         run_name = cfg.observe.run_name or workdir.resolve().name
         recorder = MetricsRecorder(workdir, run_name=run_name, process_index=process_index,
-                                   host=socket.gethostname(), prometheus_port=cfg.observe.prometheus_port,
-                                   prometheus_host=cfg.observe.prometheus_host, tensorboard=cfg.observe.tensorboard)
+                                   prometheus_port=cfg.observe.prometheus_port,
+                                   prometheus_host=cfg.observe.prometheus_host, tensorboard=cfg.observe.tensorboard,
+                                   goodput=goodput)
         ckpt = Checkpointer(cfg, workdir)
 
     _log(f"{n_total:,} parameters ({n_nonembed:,} non-embedding) on mesh {dict(mesh.shape)}; "
          f"{info.description}")
+    restore_start = time.perf_counter()
     with goodput.phase("checkpoint_restore"):
         target = restore_target(abstract_state(model_def, tx), shardings)
         restored = ckpt.restore_latest(target)
     if restored is not None:
+        recorder.checkpoint_restored(time.perf_counter() - restore_start)
         state, data_state = restored
         start_step = int(state.step)
         goodput.lost(_seconds_lost(workdir, start_step))
@@ -159,9 +162,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
             profiler.maybe_start(step)
             t0 = time.perf_counter()
             with goodput.phase("data_wait"):
-                local = next(train_iter)
+                batch = global_batch(next(train_iter), b_shard, cfg.data.batch_size)
             data_wait = time.perf_counter() - t0
-            batch = global_batch(local, b_shard, cfg.data.batch_size)
             with goodput.phase("step" if compiled else "compile"):
                 state, metrics = train_fn(state, batch)
                 if not compiled:
@@ -183,24 +185,24 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
             if ckpt.should_save(step) or step == cfg.steps or guard.requested:
                 flush(pending)
                 pending = None
-                with goodput.phase("checkpoint_save"):
+                with goodput.phase("checkpoint_save"), recorder.checkpoint_save():
                     ckpt.save(step, state, train_iter.get_state(), force=step == cfg.steps or guard.requested)
                 step_clock = time.perf_counter()
             if guard.requested and step < cfg.steps:
-                with goodput.phase("checkpoint_save"):
+                with goodput.phase("checkpoint_save"), recorder.checkpoint_save():
                     ckpt.wait()
                 _log(f"received {guard.signal_name}: saved step {step} to {ckpt.directory}; exiting cleanly")
-                ckpt.close()
-                recorder.close()
                 return {"preempted": True, "step": step, "checkpoint": str(ckpt.directory)}
         flush(pending)
-        with goodput.phase("checkpoint_save"):
+        with goodput.phase("checkpoint_save"), recorder.checkpoint_save():
             ckpt.wait()
     finally:
         if bar is not None:
             bar.close()
         guard.restore()
         profiler.close()
+        if step < cfg.steps:  # preempted or failed: finish pending saves and flush the metrics
+            _close_quietly(ckpt, recorder)
 
     goodput.export(recorder)
     summary = {
@@ -220,6 +222,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
     ckpt.close()
     recorder.close()
     return summary
+
+
+def _close_quietly(*closables: Any) -> None:
+    """Close on the way out of a failed run without masking the error that got us here."""
+    for c in closables:
+        try:
+            c.close()
+        except Exception as e:  # noqa: BLE001
+            print(f"[scalekit] while closing {type(c).__name__}: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 def tx_schedule(cfg: ml_collections.ConfigDict) -> Any:
