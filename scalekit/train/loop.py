@@ -31,7 +31,7 @@ from scalekit.observe.metrics import MetricsRecorder
 from scalekit.observe.profile import Profiler
 from scalekit.parallel.mesh import batch_sharding, check_batch, make_mesh
 from scalekit.train import mfu as mfu_lib
-from scalekit.train.optim import make_optimizer
+from scalekit.train.optim import make_optimizer, schedule, set_total_steps
 from scalekit.train.preemption import PreemptionGuard
 from scalekit.train.state import abstract_state, init_state, state_shardings
 from scalekit.train.step import jit_steps, make_eval_step, make_train_step
@@ -112,6 +112,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
     if restored is not None:
         recorder.checkpoint_restored(time.perf_counter() - restore_start)
         state, data_state = restored
+        state = state.replace(opt_state=set_total_steps(state.opt_state, cfg.steps))  # the run may be extended
         start_step = int(state.step)
         goodput.lost(_seconds_lost(workdir, start_step))
         _log(f"resumed from checkpoint at step {start_step} ({ckpt.directory})")
@@ -155,7 +156,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{values['tokens_per_s']:.3g}", refresh=False)
 
-    schedule = tx_schedule(cfg)
+    lr_at = schedule(cfg.optimizer, cfg.steps)
     step = start_step
     try:
         while step < cfg.steps:
@@ -172,7 +173,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
                     step_clock = time.perf_counter()
                 flush(pending)
             step += 1
-            pending = (step, metrics, data_wait, float(schedule(step - 1)))
+            pending = (step, metrics, data_wait, lr_at(step - 1))
             profiler.maybe_stop(step, state)
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 flush(pending)
@@ -231,11 +232,6 @@ def _close_quietly(*closables: Any) -> None:
             c.close()
         except Exception as e:  # noqa: BLE001
             print(f"[scalekit] while closing {type(c).__name__}: {type(e).__name__}: {e}", file=sys.stderr)
-
-
-def tx_schedule(cfg: ml_collections.ConfigDict) -> Any:
-    from scalekit.train.optim import schedule
-    return schedule(cfg.optimizer, cfg.steps)
 
 
 def _check_same_shapes(params: Any, expected: Any, source: str) -> None:

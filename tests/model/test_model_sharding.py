@@ -57,7 +57,7 @@ def test_params_are_sharded_by_the_rule_table():
     norm = state.params["final_norm"]["scale"]
     assert norm.sharding.spec == P(None) and norm.sharding.is_fully_replicated
     # Adam moments follow their parameters.
-    mu = state.opt_state[1][0].mu["blocks"][1]["mlp"]["up_DF"]
+    mu = state.opt_state[1].mu["blocks"][1]["mlp"]["up_DF"]
     assert mu.sharding.spec == up.sharding.spec
 
 
