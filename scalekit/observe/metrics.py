@@ -82,9 +82,12 @@ class MetricsRecorder:
             self._jsonl = open(self.jsonl_path, "a", buffering=1 << 16)
         self._tb = None
         if tensorboard and self.process_index == 0:
-            from scalekit.observe.tensorboard import TensorBoardWriter
-
-            self._tb = TensorBoardWriter(self.workdir / "tensorboard")
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError as e:
+                raise ImportError("observe.tensorboard=True needs tensorboardX: pip install 'scalekit[tensorboard]'"
+                                  ) from e
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
         self._last_tokens: float | None = None
         if goodput is not None:
             self.attach_goodput(goodput)
@@ -105,7 +108,9 @@ class MetricsRecorder:
                 self._jsonl.flush()
                 self._flushed = now
         if self._tb is not None:
-            self._tb.scalars(step, {k: _jsonable(v) for k, v in values.items()}, prefix=f"{kind}/")
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(f"{kind}/{key}", float(value), global_step=step, walltime=now)
 
     def log_train(self, step: int, values: Mapping[str, Any]) -> None:
         """Record a completed training step. Keys the exporter knows: loss, lr, grad_norm, tokens (cumulative,
