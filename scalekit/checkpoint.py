@@ -39,6 +39,9 @@ class CheckpointError(RuntimeError):
 class DataStateHandler(ocp.CheckpointHandler):
     """Saves a snapshot of each process's data-iterator state as process_<i>-of-<n>.json.
 
+    Restoring under a different process count finds no file of its own and returns None; the caller then starts
+    the data at the saved step's global batch (every step consumes exactly one global batch).
+
     The snapshot is taken when `save` is called (not when the async write runs), so the saved data position always
     matches the saved train state.
     """
@@ -50,10 +53,8 @@ class DataStateHandler(ocp.CheckpointHandler):
     def restore(self, directory: epath.Path, args: "DataStateArgs | None" = None) -> Any:
         name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         path = directory / name
-        if not path.exists():
-            found = sorted(p.name for p in directory.iterdir())
-            raise CheckpointError(f"no data-iterator state {name} in {directory} (found {found}): the checkpoint "
-                                  "was written by a different number of processes")
+        if not path.exists():  # written by another number of processes: the loop restarts data at the saved step
+            return None
         return json.loads(path.read_text())
 
     def metadata(self, directory: epath.Path) -> None:

@@ -47,8 +47,16 @@ def main(argv: list[str]) -> int:
     try:
         summary = train(cfg, args.workdir)
     except ConfigError as e:
+        if initialize is not None:
+            from scalekit.parallel.distributed import report_failure
+            report_failure(f"config error: {e}")  # peers exit instead of waiting for this process
         print(f"scalekit train: {e}", file=sys.stderr)
         return 2
+    except BaseException as e:
+        if initialize is not None:
+            from scalekit.parallel.distributed import report_failure
+            report_failure(f"{type(e).__name__}: {e}")
+        raise
     if summary.get("preempted"):
         print(f"preempted at step {summary['step']}; checkpoint saved in {summary['checkpoint']}")
     else:

@@ -123,9 +123,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
             _check_same_shapes(params, model_def.abstract_params, cfg.init_from)
             state = state.replace(params=params)
             _log(f"initialised parameters from {cfg.init_from}")
-    train_iter = make_batches(cfg.data, "train", cfg.seed, process_index, process_count)
-    if data_state is not None:
-        train_iter.set_state(data_state)
+    if restored is not None and data_state is None:
+        _log(f"the checkpoint's data state was saved by another number of processes; data restarts at global "
+             f"batch {start_step}")
+        train_iter = make_batches(cfg.data, "train", cfg.seed, process_index, process_count, start_batch=start_step)
+    else:
+        train_iter = make_batches(cfg.data, "train", cfg.seed, process_index, process_count)
+        if data_state is not None:
+            train_iter.set_state(data_state)
 
     guard = PreemptionGuard()
     profiler = Profiler(cfg.profile_steps, workdir / "profile")
@@ -183,13 +188,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
                 eval_curve.append([step, last_eval])
                 recorder.log_eval(step, {"eval_loss": last_eval})
                 step_clock = time.perf_counter()
-            if ckpt.should_save(step) or step == cfg.steps or guard.requested:
+            stop = guard.agreed(step)
+            if ckpt.should_save(step) or step == cfg.steps or stop:
                 flush(pending)
                 pending = None
                 with goodput.phase("checkpoint_save"), recorder.checkpoint_save():
-                    ckpt.save(step, state, train_iter.get_state(), force=step == cfg.steps or guard.requested)
+                    ckpt.save(step, state, train_iter.get_state(), force=step == cfg.steps or stop)
                 step_clock = time.perf_counter()
-            if guard.requested and step < cfg.steps:
+            if stop and step < cfg.steps:
                 with goodput.phase("checkpoint_save"), recorder.checkpoint_save():
                     ckpt.wait()
                 _log(f"received {guard.signal_name}: saved step {step} to {ckpt.directory}; exiting cleanly")
