@@ -12,6 +12,7 @@ COMMANDS = {
     "launch": ("scalekit.cli.launch", "write and submit Slurm or Kubernetes jobs"),
     "preflight": ("scalekit.cli.preflight", "measure device and interconnect throughput, find stragglers"),
     "report": ("scalekit.cli.report", "write an HTML report of a sweep's fits"),
+    "rl": ("scalekit.cli.rl", "post-train with GRPO against a task's verifier"),
 }
 
 

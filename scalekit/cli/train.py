@@ -43,10 +43,12 @@ def main(argv: list[str]) -> int:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+    from scalekit.checkpoint import CheckpointError
+    from scalekit.data.errors import DataError
     from scalekit.train.loop import train
     try:
         summary = train(cfg, args.workdir)
-    except ConfigError as e:
+    except (ConfigError, DataError, CheckpointError) as e:
         if initialize is not None:
             from scalekit.parallel.distributed import report_failure
             report_failure(f"config error: {e}")  # peers exit instead of waiting for this process

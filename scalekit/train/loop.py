@@ -115,6 +115,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
         state = state.replace(opt_state=set_total_steps(state.opt_state, cfg.steps))  # the run may be extended
         start_step = int(state.step)
         goodput.lost(_seconds_lost(workdir, start_step))
+        if start_step >= cfg.steps and (workdir / "summary.json").exists():
+            _log(f"already trained to step {start_step} (steps={cfg.steps}); nothing to do")
+            _close_quietly(ckpt, recorder)
+            return json.loads((workdir / "summary.json").read_text())
         _log(f"resumed from checkpoint at step {start_step} ({ckpt.directory})")
     else:
         state, data_state, start_step = init_state(model_def, tx, cfg.seed, shardings), None, 0

@@ -174,3 +174,12 @@ def test_init_from_takes_parameters_only(tmp_path):
 def test_init_from_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         train(tiny(steps=2, init_from=str(tmp_path / "nope")), tmp_path / "run")
+
+
+def test_rerunning_a_finished_run_returns_its_summary_and_trains_nothing(tmp_path):
+    cfg = tiny(steps=4)
+    first = train(cfg, tmp_path)
+    lines = (tmp_path / "metrics.jsonl").read_text()
+    again = train(cfg, tmp_path)
+    assert again["final_loss"] == first["final_loss"] and again["steps"] == 4
+    assert (tmp_path / "metrics.jsonl").read_text() == lines
