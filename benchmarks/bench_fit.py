@@ -1,0 +1,149 @@
+"""Fit speed: the 4,500-start approach-3 fit on epoch_chinchilla, JAX batched L-BFGS vs a plain scipy loop.
+
+Both run side by side in this process on the same 240 points and the same starts (the Chinchilla grid), so the
+ratio is measured under the same machine load. The scipy baseline is what the replication ran: L-BFGS-B from
+each start with default settings and finite-difference gradients, best converged start wins.
+
+    .venv/bin/python benchmarks/bench_fit.py            # full: 4,500 starts each side (~150 s of scipy)
+    .venv/bin/python benchmarks/bench_fit.py --quick    # every 10th start (450) each side
+
+Prints a table and appends one JSON line to benchmarks/results/fit.jsonl. "cold" is the first call in the
+process (tracing and XLA compilation included; no persistent compilation cache), "warm" a repeat call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "epoch_chinchilla" / "svg_extracted_data.csv"
+RESULTS = REPO / "benchmarks" / "results" / "fit.jsonl"
+
+
+def _timed(fn):
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def scipy_loop(N, D, L, starts, delta: float = 1e-3, jac: bool = False):
+    """The plain baseline: scipy L-BFGS-B from each start, keep the best converged."""
+    from scipy.optimize import minimize
+    from scipy.special import huber, logsumexp
+
+    lN, lD, lL = np.log(N), np.log(D), np.log(L)
+
+    def obj(p):
+        a, b, e, al, be = p
+        pred = logsumexp([a - al * lN, b - be * lD, np.full_like(lN, e)], axis=0)
+        return np.sum(huber(delta, pred - lL))
+
+    def obj_grad(p):
+        a, b, e, al, be = p
+        T = np.stack([a - al * lN, b - be * lD, np.full_like(lN, e)])
+        pred = logsumexp(T, axis=0)
+        w = np.exp(T - pred)
+        r = pred - lL
+        hp = np.clip(r, -delta, delta)
+        g = np.array([np.sum(hp * w[0]), np.sum(hp * w[1]), np.sum(hp * w[2]), -np.sum(hp * w[0] * lN),
+                      -np.sum(hp * w[1] * lD)])
+        return np.sum(huber(delta, r)), g
+
+    best, n_ok = None, 0
+    for x0 in starts:
+        r = minimize(obj_grad, x0, jac=True, method="L-BFGS-B") if jac else minimize(obj, x0, method="L-BFGS-B")
+        n_ok += bool(r.success)
+        if r.success and (best is None or r.fun < best.fun):
+            best = r
+    return best, n_ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="every 10th start on both sides (450 instead of 4,500)")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap refits to time (default 1000)")
+    ap.add_argument("--baseline-jac", action="store_true",
+                    help="give scipy an analytic gradient too (a stronger baseline than the replication's)")
+    ap.add_argument("--no-save", action="store_true", help="do not append to benchmarks/results/fit.jsonl")
+    args = ap.parse_args(argv)
+    if not DATA.exists():
+        print(f"bench_fit: reference data not found at {DATA}; nothing to measure", file=sys.stderr)
+        return 0
+
+    import jax
+    import pandas as pd
+
+    from scalekit.laws import ScalingData, bootstrap_fit, fit_law
+    from scalekit.laws.forms import CHINCHILLA
+
+    data = ScalingData.from_frame(pd.read_csv(DATA), {"N": "Model Size", "C": "Training FLOP", "loss": "loss"})
+    data = data.drop_highest_loss(5)
+    starts = CHINCHILLA.default_grid()
+    if args.quick:
+        starts = starts[::10]
+    load0 = os.getloadavg()[0]
+
+    cold, t_cold, c_cold = _timed(lambda: fit_law(data, "chinchilla", grid=starts))
+    warm, t_warm, c_warm = _timed(lambda: fit_law(data, "chinchilla", grid=starts))
+    _, t_bc, c_bc = _timed(lambda: bootstrap_fit(warm, data, args.bootstrap, seed=0))
+    boot, t_bw, c_bw = _timed(lambda: bootstrap_fit(warm, data, args.bootstrap, seed=1))
+    (best, n_ok), t_sp, c_sp = _timed(lambda: scipy_loop(data["N"], data["D"], data.loss, starts,
+                                                         jac=args.baseline_jac))
+    load1 = os.getloadavg()[0]
+
+    sp = dict(zip(("A", "B", "E", "alpha", "beta"),
+                  (np.exp(best.x[0]), np.exp(best.x[1]), np.exp(best.x[2]), best.x[3], best.x[4])))
+    ours = warm.params
+    rel = {k: abs(ours[k] / sp[k] - 1) for k in sp}
+    rows = [
+        ("starts", f"{len(starts)}", f"{len(starts)}"),
+        ("converged starts", f"{warm.n_converged}", f"{n_ok}"),
+        ("best objective", f"{warm.objective:.10g}", f"{best.fun:.10g}"),
+        *[(k, f"{ours[k]:.6g}", f"{sp[k]:.6g}") for k in ("A", "B", "E", "alpha", "beta")],
+        ("wall time, cold (s)", f"{t_cold:.2f}", f"{t_sp:.1f}"),
+        ("wall time, warm (s)", f"{t_warm:.2f}", ""),
+        ("CPU time, cold/warm (s)", f"{c_cold:.2f} / {c_warm:.2f}", f"{c_sp:.1f}"),
+    ]
+    w = max(len(r[0]) for r in rows)
+    print(f"approach-3 grid fit on epoch_chinchilla (240 points), jax {jax.__version__}, "
+          f"{os.cpu_count()} CPUs, load {load0:.1f} -> {load1:.1f}")
+    print(f"{'':<{w}}  {'scalekit (JAX)':>22}  {'scipy L-BFGS-B loop':>20}")
+    for r in rows:
+        print(f"{r[0]:<{w}}  {r[1]:>22}  {r[2]:>20}")
+    print(f"speed-up: {t_sp / t_warm:.1f}x warm, {t_sp / t_cold:.1f}x cold (wall); "
+          f"max relative parameter difference {max(rel.values()):.2e}; objective difference "
+          f"{(warm.objective - best.fun) / best.fun:+.2e} (relative)")
+    print(f"bootstrap, {args.bootstrap} refits: {t_bw:.2f} s warm, {t_bc:.2f} s cold "
+          f"({boot.bootstrap_converged[0]} converged)")
+
+    record = {
+        "bench": "fit", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "quick": args.quick, "starts": len(starts),
+        "jax": jax.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
+        "loadavg_start": load0, "loadavg_end": load1, "baseline": "scipy L-BFGS-B" + (" +jac" if args.baseline_jac
+                                                                                    else " (finite differences)"),
+        "jax_wall_cold_s": t_cold, "jax_wall_warm_s": t_warm, "jax_cpu_cold_s": c_cold, "jax_cpu_warm_s": c_warm,
+        "scipy_wall_s": t_sp, "scipy_cpu_s": c_sp, "speedup_warm": t_sp / t_warm, "speedup_cold": t_sp / t_cold,
+        "jax_objective": warm.objective, "scipy_objective": float(best.fun), "jax_params": ours, "scipy_params": sp,
+        "max_rel_param_diff": max(rel.values()), "jax_converged": warm.n_converged, "scipy_converged": n_ok,
+        "bootstrap": args.bootstrap, "bootstrap_wall_warm_s": t_bw, "bootstrap_wall_cold_s": t_bc,
+        "bootstrap_converged": boot.bootstrap_converged[0],
+    }
+    if not args.no_save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with RESULTS.open("a") as fh:
+            fh.write(json.dumps({k: (float(v) if isinstance(v, np.floating) else v) for k, v in record.items()},
+                                default=float) + "\n")
+        print(f"appended to {RESULTS.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Scaling-law fitting: laws, approaches 1-3 of Chinchilla, allocation, bootstrap intervals, extrapolation checks.
+
+Works on results from any source (scalekit sweeps, or a CSV of runs from another framework): nothing here imports
+the training code. Fits run in JAX, float64 scoped to the fitting calls, with every start (and every bootstrap
+resample) of a fit in one jitted batched L-BFGS.
+
+    from scalekit.laws import ScalingData, fit_law
+    data = ScalingData.from_frame(df, {"N": "params", "C": "flops", "loss": "loss"})   # D = C / (6 N)
+    fit = fit_law(data, "chinchilla", bootstrap=1000)
+    fit.params, fit.intervals, fit.compute_optimal(1e23), print(fit.summary())
+"""
+
+from scalekit.laws.allocate import (Allocation, chinchilla_optimal, numeric_optimal, optimal_exponents,
+                                    power_optimal)
+from scalekit.laws.coverage import coverage_curve, fit_coverage, log_spaced_ks, pass_at_k
+from scalekit.laws.data import ScalingData, load_table
+from scalekit.laws.errors import (DroppedPointsWarning, InvalidDataError, NotConvergedWarning,
+                                  ParabolaOpensDownwardWarning, ScalingLawWarning, TooFewPointsError,
+                                  VertexOutsideRangeWarning)
+from scalekit.laws.extrapolate import ExtrapolationReport, extrapolation_check
+from scalekit.laws.fit import DEFAULT_DELTA, bootstrap_fit, fit_law
+from scalekit.laws.forms import (CHINCHILLA_GRID_VALUES, DATABLATIONS_PUBLISHED, LAWS, Law, chinchilla_loss,
+                                 data_constrained_loss, get_law)
+from scalekit.laws.isoflop import (CHINCHILLA_BUDGETS, AllocationFit, fit_envelope, fit_isoflop, group_budgets,
+                                   training_envelope)
+from scalekit.laws.lbfgs import STATUS, LBFGSOptions, minimize_batch
+from scalekit.laws.results import LawFit
+
+__all__ = [
+    "Allocation", "AllocationFit", "CHINCHILLA_BUDGETS", "CHINCHILLA_GRID_VALUES", "DATABLATIONS_PUBLISHED",
+    "DEFAULT_DELTA", "DroppedPointsWarning", "ExtrapolationReport", "InvalidDataError", "LAWS", "LBFGSOptions",
+    "Law", "LawFit", "NotConvergedWarning", "ParabolaOpensDownwardWarning", "STATUS", "ScalingData",
+    "ScalingLawWarning", "TooFewPointsError", "VertexOutsideRangeWarning", "bootstrap_fit", "chinchilla_loss",
+    "chinchilla_optimal", "coverage_curve", "data_constrained_loss", "extrapolation_check", "fit_coverage",
+    "fit_envelope", "fit_isoflop", "fit_law", "get_law", "group_budgets", "load_table", "log_spaced_ks",
+    "minimize_batch", "numeric_optimal", "optimal_exponents", "pass_at_k", "power_optimal", "training_envelope",
+]

@@ -1,0 +1,208 @@
+"""Approach 3: fit a law by minimising the summed Huber loss on log residuals from a grid of starts at once.
+
+All starts run in one jitted, batched L-BFGS (`scalekit.laws.lbfgs`); the best CONVERGED start wins. Bootstrap
+resamples run the same way, one lane per resample with multinomial weights on the points. Everything runs in
+float64 inside `jax.enable_x64(True)`, scoped to these calls: the rest of the process keeps its x64 setting.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scalekit.laws import render
+from scalekit.laws.data import ScalingData, as_data
+from scalekit.laws.errors import DroppedPointsWarning, InvalidDataError, NotConvergedWarning, TooFewPointsError
+from scalekit.laws.forms import Law, get_law, product_grid
+from scalekit.laws.lbfgs import CONVERGED_CODES, BatchResult, LBFGSOptions, minimize_batch
+from scalekit.laws.objective import Problem
+from scalekit.laws.results import LawFit
+
+DEFAULT_DELTA = 1e-3
+
+
+def _targets(law: Law, data: ScalingData) -> tuple[dict[str, np.ndarray], np.ndarray, list[str], np.ndarray]:
+    """Inputs and the fitted target y > 0 (coverage becomes -log coverage); returns the rows kept."""
+    missing = [k for k in law.inputs if not data.has(k)]
+    if missing:
+        raise InvalidDataError(f"law {law.name!r} needs columns {law.inputs}; missing {missing} "
+                               f"(have {', '.join(data.columns)})")
+    y = data.loss
+    keep = np.ones(len(y), bool)
+    notes = []
+    if law.target == "-log coverage":
+        if np.any(y > 1):
+            raise InvalidDataError("coverage values must lie in (0, 1]")
+        keep = y < 1.0
+        if not keep.all():
+            warnings.warn(f"dropped {int((~keep).sum())} point(s) with coverage 1 (log(-log 1) is undefined)",
+                          DroppedPointsWarning, stacklevel=3)
+            notes.append(f"dropped {int((~keep).sum())} points with coverage = 1")
+        y = -np.log(y[keep])
+    inputs = {k: data[k][keep] for k in law.inputs}
+    return inputs, y, notes, keep
+
+
+def _make_grid(law: Law, grid, fixed: dict[str, float]) -> np.ndarray:
+    if grid is None or (isinstance(grid, str) and grid == "default"):
+        g = law.default_grid()
+    elif isinstance(grid, str):
+        if grid != "coarse":
+            raise ValueError(f"grid must be 'default', 'coarse', a dict or an array, got {grid!r}")
+        g = product_grid({k: v[::2] for k, v in law.grid_values}, law.params)
+    elif isinstance(grid, Mapping):
+        unknown = set(grid) - set(law.params)
+        if unknown:
+            raise ValueError(f"grid names {sorted(unknown)}, not parameters of the {law.name} law {law.params}")
+        vals = dict(law.grid_values)
+        vals.update({k: tuple(np.atleast_1d(v)) for k, v in grid.items()})
+        g = product_grid(vals, law.params)
+    else:
+        g = np.atleast_2d(np.array(grid, np.float64))            # a copy: fixed values are written into it
+        if g.shape[1] != len(law.params):
+            raise ValueError(f"grid must have {len(law.params)} columns {law.params}, got shape {g.shape}")
+    for k, v in fixed.items():
+        g[:, law.params.index(k)] = v
+    return np.unique(g, axis=0) if fixed else g
+
+
+def _bucket(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+def _padded_sizes(n_starts: int, n_points: int) -> tuple[int, int]:
+    """Shapes are rounded up so that fits of similar size share one compiled program: points to a multiple of
+    32 (of 128 past 512), starts to a power of two up to 64 and a multiple of 64 past it. Padded points have
+    weight 0; padded starts repeat the first and are dropped."""
+    k = _bucket(n_points, 32 if n_points <= 512 else 128)
+    s = max(8, 1 << (n_starts - 1).bit_length()) if n_starts <= 64 else _bucket(n_starts, 64)
+    return s, k
+
+
+def _run(problem: Problem, x0: np.ndarray, weights: np.ndarray | None, delta: float,
+         options: LBFGSOptions) -> BatchResult:
+    """Run the batched L-BFGS on padded shapes; return numpy results for the real starts only."""
+    vg, takes_base = problem.value_and_grad()
+    S, K = x0.shape[0], problem.logy.shape[0]
+    S_pad, K_pad = _padded_sizes(S, K)
+    feats = np.zeros((problem.feats.shape[0], K_pad))
+    feats[:, :K] = problem.feats
+    logy = np.zeros(K_pad)
+    logy[:K] = problem.logy
+    x = np.concatenate([x0, np.repeat(x0[:1], S_pad - S, axis=0)])
+    per_start = weights is not None and weights.ndim == 2
+    if per_start:
+        w = np.zeros((S_pad, K_pad))
+        w[:S, :K] = weights
+        w[S:, :K] = weights[:1]
+    else:
+        w = np.zeros(K_pad)
+        w[:K] = 1.0 if weights is None else weights
+    with jax.enable_x64(True):
+        data = [jnp.asarray(feats), jnp.asarray(logy), jnp.asarray(w), jnp.asarray(delta, jnp.float64)]
+        axes = [None, None, 0 if per_start else None, None]
+        if takes_base:
+            data.append(jnp.asarray(problem.base_centred()))
+            axes.append(None)
+        res = minimize_batch(vg, jnp.asarray(x, jnp.float64), tuple(data), tuple(axes), options)
+        res = jax.tree.map(np.asarray, res)
+    return res._replace(**{f: getattr(res, f)[:S] for f in ("x", "f", "grad_norm", "status", "n_iter", "n_eval")})
+
+
+def fit_law(data, law: str | Law = "chinchilla", *, delta: float = DEFAULT_DELTA, grid=None,
+            fixed: dict[str, float] | None = None, irreducible: bool = True,
+            options: LBFGSOptions | None = None, bootstrap: int = 0, seed: int = 0, level: float = 0.95,
+            columns: Mapping[str, str] | None = None) -> LawFit:
+    """Fit `law` to `data` (ScalingData, DataFrame, or dict of columns N, D, C, U, X, k, loss).
+
+    delta: Huber threshold on log residuals (1e-3 as in Chinchilla). grid: starting points, an (S, P) array in the
+    law's LSE parameters, a dict overriding some parameters' grid values, "coarse" (every other value of the
+    default grid: 243 starts for Chinchilla) or None (the default: the Chinchilla grid, 4,500 starts, for the
+    Chinchilla law). fixed: LSE parameters held constant. bootstrap: number of resamples
+    (points drawn with replacement) for percentile intervals at `level`.
+    """
+    law = get_law(law, irreducible)
+    data = as_data(data, **(columns or {}))
+    fixed = dict(fixed or {})
+    inputs, y, notes, _ = _targets(law, data)
+    n_free = len(law.params) - len(fixed)
+    if len(y) < n_free:
+        raise TooFewPointsError(f"{len(y)} points for {n_free} free parameters of the {law.name} law")
+    problem = Problem.build(law, inputs, y, fixed)
+    starts = _make_grid(law, grid, fixed)
+    options = options or LBFGSOptions()
+    res = _run(problem, problem.to_opt(starts), None, delta, options)
+
+    conv = np.isin(res.status, CONVERGED_CODES)
+    f = np.where(np.isfinite(res.f), res.f, np.inf)
+    if conv.any():
+        best = int(np.argmin(np.where(conv, f, np.inf)))
+    else:
+        best = int(np.argmin(f))
+        warnings.warn(f"none of the {len(f)} starts converged (gtol={options.gtol:g}, ftol={options.ftol:g}); "
+                      "reporting the lowest objective reached", NotConvergedWarning, stacklevel=2)
+    theta = problem.from_opt(res.x[best])[0]
+    lse = dict(zip(law.params, map(float, theta)))
+    out = LawFit(law=law, lse=lse, params=law.to_natural(lse), objective=float(res.f[best]),
+                 n_converged=int(conv.sum()), n_starts=len(conv), converged=bool(conv[best]), n_points=len(y),
+                 delta=delta, fixed=fixed, notes=list(data.notes) + notes, start_status=res.status,
+                 start_objective=res.f)
+    if bootstrap:
+        out = bootstrap_fit(out, data, bootstrap, seed=seed, level=level, options=options)
+    return out
+
+
+def _free_natural(law: Law, lse: dict[str, float], fixed: dict[str, float]) -> list[str]:
+    """Natural parameters that depend on a free LSE parameter (fixed ones get no interval)."""
+    base = law.to_natural(lse)
+    free = set()
+    for k in law.params:
+        if k in fixed:
+            continue
+        moved = law.to_natural({**lse, k: lse[k] + 1e-3})
+        free |= {n for n in base if moved[n] != base[n]}
+    return [n for n in base if n in free]
+
+
+def bootstrap_fit(fit: LawFit, data, n_resamples: int = 1000, *, seed: int = 0, level: float = 0.95,
+                  options: LBFGSOptions | None = None) -> LawFit:
+    """Refit on `n_resamples` resamples of the points (with replacement), all at once, each started from the fit.
+
+    Fills `fit.samples` (LSE rows of converged resamples), `fit.intervals` (percentile intervals of every
+    parameter in both forms and of the exponents a, b) and `fit.bootstrap_converged`. Returns the same object.
+    """
+    law = fit.law
+    data = as_data(data)
+    inputs, y, _, _ = _targets(law, data)
+    problem = Problem.build(law, inputs, y, fit.fixed)
+    K = len(y)
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(K, np.full(K, 1.0 / K), size=n_resamples).astype(np.float64)
+    x0 = np.repeat(problem.to_opt(fit.theta), n_resamples, axis=0)
+    res = _run(problem, x0, weights, fit.delta, options or LBFGSOptions())
+    conv = np.isin(res.status, CONVERGED_CODES)
+    if conv.mean() < 0.95:
+        warnings.warn(f"only {int(conv.sum())}/{n_resamples} bootstrap refits converged; intervals use those",
+                      NotConvergedWarning, stacklevel=2)
+    samples = problem.from_opt(res.x[conv])
+    fit.samples = samples
+    fit.level = level
+    fit.bootstrap_converged = (int(conv.sum()), n_resamples)
+    iv: dict[str, tuple[float, float]] = {}
+    nat_rows = [law.to_natural(dict(zip(law.params, row))) for row in samples]
+    for j, k in enumerate(law.params):
+        if k not in fit.fixed:
+            iv[k] = render.percentile_interval(samples[:, j], level)
+    for k in _free_natural(law, fit.lse, fit.fixed):
+        if k not in iv:
+            iv[k] = render.percentile_interval(np.array([r[k] for r in nat_rows], np.float64), level)
+    if "alpha" in law.params and "beta" in law.params:
+        al, be = samples[:, law.params.index("alpha")], samples[:, law.params.index("beta")]
+        iv["exponent_a"] = render.percentile_interval(be / (al + be), level)
+        iv["exponent_b"] = render.percentile_interval(al / (al + be), level)
+    fit.intervals = iv
+    return fit
