@@ -1,0 +1,58 @@
+"""`scalekit report DIR`: fit a sweep every way and write a self-contained HTML report, its PNGs and fits.json.
+
+    scalekit report runs/demo                       # -> runs/demo/report/report.html, fits.json, *.png
+    scalekit report runs/demo --out /tmp/r --bootstrap 500 --level 0.9
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scalekit report", description="Fit a sweep (approaches 1, 2, 3 of Chinchilla, "
+                                "extrapolation check, compute-optimal allocation) and write an HTML report.")
+    p.add_argument("sweep_dir", help="a sweep directory (results.db), e.g. runs/demo")
+    p.add_argument("--out", default=None, help="output directory (default: SWEEP_DIR/report)")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="K", help="bootstrap resamples for intervals")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--title", default="scalekit scaling report")
+    p.add_argument("--quiet", action="store_true", help="print only the paths written")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `scalekit report`; exit code 0 on success, 2 for a missing or empty sweep."""
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    cache = Path(args.sweep_dir) / "xla_cache"
+    if cache.is_dir() and "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the sweep's cache: refits compile fast
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache.resolve())
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    from scalekit.analysis.report import write_report
+    from scalekit.analysis.sweepdata import load_sweep
+
+    sweep = Path(args.sweep_dir)
+    try:
+        results = load_sweep(sweep)
+    except FileNotFoundError as err:
+        print(f"scalekit report: error: {err}", file=sys.stderr)
+        return 2
+    if len(results) < 3:
+        print(f"scalekit report: error: {sweep} has {len(results)} finished run(s) with a loss; a report needs at "
+              "least 3 (run the sweep first: scalekit sweep run PLAN --workdir DIR)", file=sys.stderr)
+        return 2
+    rep = write_report(results, args.out, bootstrap=args.bootstrap, level=args.level, seed=args.seed,
+                       title=args.title)
+    if not args.quiet:
+        print(rep.fits.summary())
+        print()
+    print(f"report: {rep.html}")
+    print(f"fits:   {rep.json}")
+    print(f"plots:  {', '.join(str(p.name) for p in rep.pngs.values())} in {rep.html.parent}")
+    return 0
