@@ -70,11 +70,35 @@ def bench_one(preset: str, dtype: str, batch: int, seq: int, steps: int, vocab: 
         times.append(time.perf_counter() - start)
     step_time = statistics.median(times)
     flops_per_step = counting.flops_per_token(cfg.model, seq, "palm") * batch * seq
+    breakdown = _breakdown(model_def, state.params, batch_arrays, steps)
     return {"preset": preset, "dtype": dtype, "device": device.device_kind, "platform": device.platform,
             "params": counting.count_params(cfg.model, "total"), "batch": batch, "seq": seq, "vocab": vocab,
             "step_time_s": step_time, "tokens_per_s": batch * seq / step_time,
             "model_flops_per_s": flops_per_step / step_time, "peak_flops_per_s": peak,
-            "mfu": flops_per_step / step_time / peak, "loss": float(metrics["loss"]), "time": time.time()}
+            "mfu": flops_per_step / step_time / peak, "loss": float(metrics["loss"]),
+            "forward_s": breakdown["forward"], "backward_s": breakdown["grad"] - breakdown["forward"],
+            "optimizer_s": step_time - breakdown["grad"], "time": time.time()}
+
+
+def _breakdown(model_def, params, batch, reps: int) -> dict:
+    """Median time of the forward loss and of forward + backward alone: the step minus these is the optimizer."""
+    from scalekit.model.functional import apply
+    from scalekit.model.transformer import cross_entropy
+
+    def loss(p):
+        logits = apply(model_def, p, batch["inputs"])
+        return cross_entropy(logits, batch["targets"], batch["weights"])[0]
+
+    out = {}
+    for name, fn in (("forward", jax.jit(loss)), ("grad", jax.jit(jax.grad(loss)))):
+        jax.block_until_ready(fn(params))
+        ts = []
+        for _ in range(max(reps // 2, 3)):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(params))
+            ts.append(time.perf_counter() - start)
+        out[name] = statistics.median(ts)
+    return out
 
 
 def main() -> None:
@@ -96,7 +120,9 @@ def main() -> None:
                 f.write(json.dumps(row) + "\n")
             print(f"{preset:>9} {dtype:>8} params {row['params'] / 1e6:7.2f}M  step {row['step_time_s'] * 1e3:8.1f} ms"
                   f"  {row['tokens_per_s']:9.0f} tok/s  {row['model_flops_per_s'] / 1e9:8.1f} GFLOP/s"
-                  f"  peak {row['peak_flops_per_s'] / 1e9:7.1f} GFLOP/s  MFU {row['mfu']:6.1%}", flush=True)
+                  f"  peak {row['peak_flops_per_s'] / 1e9:7.1f} GFLOP/s  MFU {row['mfu']:6.1%}"
+                  f"  [fwd {row['forward_s'] * 1e3:.0f} / bwd {row['backward_s'] * 1e3:.0f} / "
+                  f"opt {row['optimizer_s'] * 1e3:.0f} ms]", flush=True)
 
 
 if __name__ == "__main__":

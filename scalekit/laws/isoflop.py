@@ -150,11 +150,20 @@ def group_budgets(C: np.ndarray, budgets=None, max_log10_distance: float | None 
 
 
 def _weighted_parabola(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Coefficients (p0, p1, p2) of y = p0 + p1 x + p2 x^2 for weight rows w (R, n); x centred by the caller."""
+    """Coefficients (p0, p1, p2) of y = p0 + p1 x + p2 x^2 for weight rows w (R, n); x centred by the caller.
+
+    A row whose weighted points have fewer than 3 distinct x (common in bootstrap resamples of a budget with few
+    sizes) determines no parabola: its coefficients are NaN, and callers count it as unusable."""
     X = np.stack([np.ones_like(x), x, x * x], 1)                    # (n, 3)
     A = np.einsum("rn,ni,nj->rij", w, X, X)
     b = np.einsum("rn,ni,n->ri", w, X, y)
-    return np.linalg.solve(A, b[..., None])[..., 0]
+    _, inverse = np.unique(x, return_inverse=True)
+    distinct = (np.einsum("rn,nk->rk", w > 0, np.eye(inverse.max() + 1)[inverse]) > 0).sum(1)
+    out = np.full(b.shape, np.nan)
+    ok = distinct >= 3
+    if ok.any():
+        out[ok] = np.linalg.solve(A[ok], b[ok][..., None])[..., 0]
+    return out
 
 
 def fit_isoflop(data, *, by: str = "N", budgets=None, max_log10_distance: float | None = None, min_points: int = 3,
@@ -230,7 +239,8 @@ def _bootstrap_isoflop(fit: AllocationFit, kept, X, L, R: int, seed: int, level:
         n = int(m.sum())
         w = rng.multinomial(n, np.full(n, 1.0 / n), size=R).astype(np.float64)
         p = _weighted_parabola(np.log(X[m]) - xc, L[m], w)
-        v = np.where(p[:, 2] > 0, np.exp(xc - p[:, 1] / (2 * np.where(p[:, 2] > 0, p[:, 2], 1.0))), np.nan)
+        opens_up = np.nan_to_num(p[:, 2], nan=-1.0) > 0
+        v = np.where(opens_up, np.exp(xc - p[:, 1] / (2 * np.where(opens_up, p[:, 2], 1.0))), np.nan)
         verts.append(v)
     V = np.stack(verts, 1)                                             # (R, budgets)
     Cb = fit.budgets

@@ -22,6 +22,7 @@ import importlib.util
 import itertools
 import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,9 +130,11 @@ def _import_file(path: Path, what: str) -> Any:
     if spec is None or spec.loader is None:
         raise PlanError(f"{what} file {str(path)!r} is not a python file")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look classes up by module name
     try:
         spec.loader.exec_module(module)
     except Exception as e:
+        sys.modules.pop(name, None)
         raise PlanError(f"{what} file {str(path)!r} could not be loaded: {type(e).__name__}: {e}") from e
     return module
 

@@ -208,3 +208,19 @@ def test_compiled_driver_is_reused():
     fit_law(_points(), "chinchilla", grid=GRID)
     fit_law({k: v * 1.0 for k, v in _points().items()}, "chinchilla", grid=GRID)
     assert lbfgs._compiled.cache_info().hits >= before + 1
+
+
+def test_approach2_bootstrap_with_few_sizes_per_budget_skips_degenerate_resamples():
+    """4 sizes per budget: many resamples draw < 3 distinct sizes and fit no parabola; they are skipped, not fatal."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for C in (1e19, 1e20, 1e21):
+        N = np.geomspace(1e8, 1e9, 4) * (C / 1e19) ** 0.5
+        rows.append((N, np.full(N.shape, C)))
+    N, C = (np.concatenate(x) for x in zip(*rows))
+    loss = chinchilla_loss(N, C / (6 * N), **TRUE) * np.exp(rng.normal(0, 0.002, N.shape))
+    fit = fit_isoflop({"N": N, "C": C, "loss": loss}, bootstrap=200)
+    lo, hi = fit.intervals["a"]
+    assert lo < fit.params["a"] < hi
+    usable = int(fit.notes[-1].split("bootstrap: ")[1].split("/")[0])
+    assert 0 < usable < 200  # some resamples were degenerate, and they were dropped
