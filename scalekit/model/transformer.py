@@ -8,6 +8,7 @@ Shape suffixes: B batch, L length, D d_model, N query heads, K kv heads, H head_
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -23,6 +24,19 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], std: f
     """A truncated-normal parameter tagged with its logical axes."""
     value = std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape, jnp.float32)
     return nnx.Param(value, out_sharding=axes)
+
+
+def _dense(x: jax.Array, w: jax.Array, dtype: Any, n_in: int = 1) -> jax.Array:
+    """x [B, L, *in] @ w [*in, *out] -> [B, L, *out] as ONE 2-D matmul over B*L rows.
+
+    Same result as the einsum, but the weight gradient then contracts a single (B*L) dimension: XLA:CPU lowers
+    dots that contract (B, L) together much more slowly (the 19M benchmark's backward: 3.10 s -> 2.16 s).
+    """
+    b, l = x.shape[:2]
+    d_in = math.prod(w.shape[:n_in])
+    out_shape = w.shape[n_in:]
+    y = x.reshape(b * l, d_in) @ w.reshape(d_in, math.prod(out_shape)).astype(dtype)
+    return y.reshape(b, l, *out_shape)
 
 
 class RMSNorm(nnx.Module):
@@ -65,10 +79,9 @@ class Attention(nnx.Module):
 
     def project_qkv(self, x_BLD: jax.Array, positions_BL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Queries, keys and values with rotary embeddings (and QK-norm) applied."""
-        dt = self.dtype
-        q_BLNH = jnp.einsum("bld,dnh->blnh", x_BLD, self.q_DNH[...].astype(dt))
-        k_BLKH = jnp.einsum("bld,dkh->blkh", x_BLD, self.k_DKH[...].astype(dt))
-        v_BLKH = jnp.einsum("bld,dkh->blkh", x_BLD, self.v_DKH[...].astype(dt))
+        q_BLNH = _dense(x_BLD, self.q_DNH[...], self.dtype)
+        k_BLKH = _dense(x_BLD, self.k_DKH[...], self.dtype)
+        v_BLKH = _dense(x_BLD, self.v_DKH[...], self.dtype)
         if self.q_norm is not None:
             q_BLNH, k_BLKH = self.q_norm(q_BLNH), self.k_norm(k_BLKH)
         q_BLNH = constrain(rotary(q_BLNH, positions_BL, self.rope_theta), ("batch", "length", "act_heads", None))
@@ -78,7 +91,7 @@ class Attention(nnx.Module):
 
     def project_out(self, attn_BLNH: jax.Array) -> jax.Array:
         """The output projection back to d_model."""
-        return jnp.einsum("blnh,nhd->bld", attn_BLNH, self.o_NHD[...].astype(self.dtype))
+        return _dense(attn_BLNH, self.o_NHD[...], self.dtype, n_in=2)
 
     def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array) -> jax.Array:
         q_BLNH, k_BLKH, v_BLKH = self.project_qkv(x_BLD, positions_BL)
@@ -98,15 +111,13 @@ class MLP(nnx.Module):
         self.dtype = DTYPES[cfg.dtype]
 
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
-        dt = self.dtype
-        up_BLF = jnp.einsum("bld,df->blf", x_BLD, self.up_DF[...].astype(dt))
+        up_BLF = _dense(x_BLD, self.up_DF[...], self.dtype)
         if self.gated:
-            gate_BLF = jnp.einsum("bld,df->blf", x_BLD, self.gate_DF[...].astype(dt))
-            h_BLF = jax.nn.silu(gate_BLF) * up_BLF
+            h_BLF = jax.nn.silu(_dense(x_BLD, self.gate_DF[...], self.dtype)) * up_BLF
         else:
             h_BLF = jax.nn.gelu(up_BLF)
         h_BLF = constrain(h_BLF, ("batch", "length", "act_mlp"))
-        return jnp.einsum("blf,fd->bld", h_BLF, self.down_FD[...].astype(dt))
+        return _dense(h_BLF, self.down_FD[...], self.dtype)
 
 
 class Block(nnx.Module):
