@@ -113,6 +113,8 @@ def pod_env(job: K8sJob) -> list[dict]:
         {"name": "SCALEKIT_K8S_SUBDOMAIN", "value": job.name},
         {"name": "SCALEKIT_COORDINATOR_PORT", "value": str(job.port)},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # the metrics' host label: the node's name, as DCGM and node exporter label their series
+        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
     ]
     extra = {**preset_env(job.preset), **job.env}
     env += [{"name": k, "value": v} for k, v in sorted(extra.items())]

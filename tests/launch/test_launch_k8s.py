@@ -45,6 +45,9 @@ def _pod_env(doc: dict, index: int) -> dict[str, str]:
             env[item["name"]] = item["value"]
         else:
             path = item["valueFrom"]["fieldRef"]["fieldPath"]
+            if path == "spec.nodeName":  # what the kubelet fills in: the node's name
+                env[item["name"]] = f"node-{index}"
+                continue
             key = re.fullmatch(r"metadata\.annotations\['(.+)'\]", path).group(1)
             env[item["name"]] = annotations[key]
     return env
