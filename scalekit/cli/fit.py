@@ -154,7 +154,8 @@ def _law_name(args) -> str:
 
 
 def _coverage(df, args, notes):
-    from scalekit.laws.coverage import coverage_curve, fit_coverage, log_spaced_ks
+    from scalekit.laws.coverage import coverage_curve, coverage_data, fit_coverage, log_spaced_ks
+    from scalekit.laws.extrapolate import extrapolation_check
 
     groups = [(None, df)] if args.group_col is None else list(df.groupby(args.group_col, sort=True))
     out = {}
@@ -171,7 +172,11 @@ def _coverage(df, args, notes):
             src = f"coverage curve of {len(k)} points"
         fit = fit_coverage(k, cov, delta=args.delta, bootstrap=args.bootstrap, seed=args.seed, level=args.level)
         fit.notes.insert(0, src)
-        out[str(name) if name is not None else "all"] = fit
+        rep = None
+        if args.holdout_above is not None:
+            rep = extrapolation_check(coverage_data(k, cov), "coverage", args.holdout_above, column="k",
+                                      delta=args.delta)
+        out[str(name) if name is not None else "all"] = (fit, rep)
     return out
 
 
@@ -203,8 +208,9 @@ def _run(args, caught: list[str]) -> int:
         result: dict = {"data": str(args.data), "law": law_name, "approach": args.approach}
         if law_name == "coverage":
             fits = _coverage(df, args, notes)
-            result["fits"] = {k: f.to_dict() for k, f in fits.items()}
-            text = [f"[{k}]\n{f.summary()}" for k, f in fits.items()]
+            result["fits"] = {k: {**f.to_dict(), **({"extrapolation": r.to_dict()} if r else {})}
+                              for k, (f, r) in fits.items()}
+            text = [f"[{k}]\n{f.summary()}" + (f"\n{r.summary()}" if r else "") for k, (f, r) in fits.items()]
             return _emit(args, result, notes, text, caught)
         data = ScalingData.from_frame(df, _columns(args, defaults), drop_invalid=args.drop_invalid,
                                       flops_per_param_token=args.flops_per_param_token)
@@ -238,8 +244,9 @@ def _run(args, caught: list[str]) -> int:
             if args.approach != 3:
                 raise CliError("--holdout-above checks a parametric law (approach 3)")
             col = args.holdout_col or {"coverage": "k", "posttrain": "X"}.get(law_name, "C")
-            rep = extrapolation_check(data, law_name, args.holdout_above, column=col, delta=args.delta, grid=args.grid,
-                                      fixed=_fixed(args, law_name), irreducible=not args.no_irreducible)
+            rep = extrapolation_check(data, law_name, args.holdout_above, column=col, delta=args.delta,
+                                      grid=args.grid, fixed=_fixed(args, law_name),
+                                      irreducible=not args.no_irreducible)
             result["extrapolation"] = rep.to_dict()
             text.append(rep.summary())
         return _emit(args, result, notes, text, caught)

@@ -46,11 +46,15 @@ class Allocation:
             a = np.asarray(v)
             return f"{float(a):.4g}" if a.ndim == 0 else np.array2string(a, precision=4)
 
-        s = (f"C={f(self.C)}: N_opt={f(self.N_opt)}, D_opt={f(self.D_opt)}, "
-             f"tokens/param={f(self.tokens_per_param)}")
+        def g(name, v):
+            iv = self.intervals.get(name)
+            return f(v) + (f" [{f(iv[0])}, {f(iv[1])}]" if iv is not None else "")
+
+        s = (f"C={f(self.C)}: N_opt={g('N_opt', self.N_opt)}, D_opt={g('D_opt', self.D_opt)}, "
+             f"tokens/param={g('tokens_per_param', self.tokens_per_param)}")
         if self.loss is not None:
-            s += f", loss={f(self.loss)}"
-        return s + f"  [{self.convention}]"
+            s += f", loss={g('loss', self.loss)}"
+        return s + f"  ({self.convention})"
 
 
 def optimal_exponents(alpha: float, beta: float) -> tuple[float, float]:

@@ -19,8 +19,8 @@ import numpy as np
 from scalekit.laws import render
 from scalekit.laws.allocate import Allocation
 from scalekit.laws.data import as_data
-from scalekit.laws.errors import (DroppedPointsWarning, InvalidDataError, ParabolaOpensDownwardWarning,
-                                  TooFewPointsError, VertexOutsideRangeWarning)
+from scalekit.laws.errors import (DroppedPointsWarning, InvalidDataError, NotConvergedWarning,
+                                  ParabolaOpensDownwardWarning, TooFewPointsError, VertexOutsideRangeWarning)
 
 # The IsoFLOP budgets of Chinchilla (Hoffmann et al. 2022, Fig. 3), FLOPs.
 CHINCHILLA_BUDGETS = (6e18, 1e19, 3e19, 6e19, 1e20, 3e20, 6e20, 1e21, 3e21)
@@ -252,13 +252,18 @@ def _bootstrap_isoflop(fit: AllocationFit, kept, X, L, R: int, seed: int, level:
         s, logk, _ = _loglog_fit(Cb[ok], V[r, ok])
         p = _power_params(s, logk, fit.by, fit.flops_per_param_token)
         rows.append((p["a"], np.log(p["k_N"]), p["b"], np.log(p["k_D"])))
+    fit.notes.append(f"bootstrap: {len(rows)}/{R} resamples usable (points resampled within each budget)")
+    if len(rows) < max(10, R // 2):
+        warnings.warn(f"only {len(rows)}/{R} approach-2 bootstrap resamples gave two or more usable parabolas"
+                      + ("; no intervals" if len(rows) < 10 else ""), NotConvergedWarning, stacklevel=3)
+        if len(rows) < 10:
+            return
     S = np.array(rows)
     fit.samples, fit.level = S, level
     fit.intervals = {"a": render.percentile_interval(S[:, 0], level),
                      "k_N": render.percentile_interval(np.exp(S[:, 1]), level),
                      "b": render.percentile_interval(S[:, 2], level),
                      "k_D": render.percentile_interval(np.exp(S[:, 3]), level)}
-    fit.notes.append(f"bootstrap: {len(rows)}/{R} resamples usable (points resampled within each budget)")
 
 
 # ------------------------------------------------------------------------------------------------ approach 1

@@ -129,7 +129,8 @@ def test_coverage_from_per_problem_counts_grouped(tmp_path, capsys):
             rows.append({"model": model, "n_samples": 1000, "n_correct": int(rng.binomial(1000, rate))})
     path = tmp_path / "pp.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
-    res = _run_json(capsys, [str(path), "--law", "coverage", "--group-col", "model"])
+    res = _run_json(capsys, [str(path), "--law", "coverage", "--group-col", "model", "--holdout-above", "100"])
     assert set(res["fits"]) == {"small", "big"}
     for f in res["fits"].values():
         assert f["params"]["a"] < 0 and f["params"]["b"] < 0
+        assert f["extrapolation"]["n_holdout"] > 0 and f["extrapolation"]["column"] == "k"
