@@ -6,7 +6,7 @@ resample) of a fit in one jitted batched L-BFGS.
 
     from scalekit.laws import ScalingData, fit_law
     data = ScalingData.from_frame(df, {"N": "params", "C": "flops", "loss": "loss"})   # D = C / (6 N)
-    fit = fit_law(data, "chinchilla", bootstrap=1000)
+    fit = fit_law(data, "chinchilla", objective="lsq_log", bootstrap=1000)   # solver: vpnls (auto)
     fit.params, fit.intervals, fit.compute_optimal(1e23), print(fit.summary())
 """
 
@@ -18,9 +18,11 @@ from scalekit.laws.errors import (DroppedPointsWarning, InvalidDataError, NotCon
                                   ParabolaOpensDownwardWarning, ScalingLawWarning, TooFewPointsError,
                                   VertexOutsideRangeWarning)
 from scalekit.laws.extrapolate import ExtrapolationReport, extrapolation_check
-from scalekit.laws.fit import DEFAULT_DELTA, bootstrap_fit, fit_law
+from scalekit.laws.diagnostics import Diagnostic, DiagnosticWarning, diagnose_isoflop, diagnose_law
+from scalekit.laws.fit import SOLVERS, bootstrap_fit, fit_law
 from scalekit.laws.forms import (CHINCHILLA_GRID_VALUES, DATABLATIONS_PUBLISHED, LAWS, Law, chinchilla_loss,
                                  data_constrained_loss, get_law)
+from scalekit.laws.objective import DEFAULT_DELTA, OBJECTIVES
 from scalekit.laws.isoflop import (CHINCHILLA_BUDGETS, AllocationFit, fit_envelope, fit_isoflop, group_budgets,
                                    training_envelope)
 from scalekit.laws.lbfgs import STATUS, LBFGSOptions, minimize_batch
@@ -28,7 +30,8 @@ from scalekit.laws.results import LawFit
 
 __all__ = [
     "Allocation", "AllocationFit", "CHINCHILLA_BUDGETS", "CHINCHILLA_GRID_VALUES", "DATABLATIONS_PUBLISHED",
-    "DEFAULT_DELTA", "DroppedPointsWarning", "ExtrapolationReport", "InvalidDataError", "LAWS", "LBFGSOptions",
+    "DEFAULT_DELTA", "Diagnostic", "DiagnosticWarning", "OBJECTIVES", "SOLVERS", "diagnose_isoflop",
+    "diagnose_law", "DroppedPointsWarning", "ExtrapolationReport", "InvalidDataError", "LAWS", "LBFGSOptions",
     "Law", "LawFit", "NotConvergedWarning", "ParabolaOpensDownwardWarning", "STATUS", "ScalingData",
     "ScalingLawWarning", "TooFewPointsError", "VertexOutsideRangeWarning", "bootstrap_fit", "chinchilla_loss",
     "chinchilla_optimal", "coverage_curve", "data_constrained_loss", "extrapolation_check", "fit_coverage",

@@ -55,9 +55,13 @@ class PowerTerms:
 class Law:
     """A law: inputs it needs, fit parameters (LSE form), conversion to natural units, default grid.
 
-    `power` is set for laws that are sums of power terms (analytic gradients, centred features);
-    `log_predict(theta, feats)` is the general jax/numpy form (feats: log inputs, shape (n_inputs, K)).
+    `power` is set for laws that are sums of power terms (analytic gradients, centred features, and variable
+    projection: for fixed exponents such a law is linear in its coefficients A_j = e^{c_j} and E = e^e);
+    `log_predict(theta, feats)` is the general jax/numpy form (feats, shape (n_inputs, K): the log inputs, or
+    `feature_scale * log input + feature_offset` when the law declares a feature map).
+    `ties` are the law's own ties (param, source): `param` is always equal to `source` (chinchilla_tied).
     `target` says what y is: "loss" (lower is better), or "-log coverage" for the coverage law.
+    `convention` says which N and which C the law expects.
     """
 
     name: str
@@ -71,13 +75,30 @@ class Law:
     log_predict: Callable | None = field(default=None, compare=False)
     target: str = "loss"
     formula: str = ""
+    feature_scale: tuple[float, ...] | None = None
+    feature_offset: tuple[float, ...] | None = None
+    ties: tuple[tuple[str, str], ...] = ()
+    convention: str = ""
+
+    @property
+    def separable(self) -> bool:
+        """Whether variable projection applies: a sum of power terms (coefficients enter linearly)."""
+        return self.power is not None
 
     def default_grid(self) -> np.ndarray:
         return product_grid(dict(self.grid_values), self.params)
 
+    def features(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """(F, K) features the law is written in: log inputs, through the law's feature map when it has one."""
+        feats = np.stack([np.log(np.asarray(inputs[k], np.float64)) for k in self.inputs])
+        if self.feature_scale is not None:
+            feats = (np.asarray(self.feature_scale)[:, None] * feats
+                     + np.asarray(self.feature_offset or (0.0,) * len(self.inputs))[:, None])
+        return feats
+
     def log_predict_np(self, theta: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """log y for a parameter vector (LSE form, `params` order) and named inputs; float64 numpy."""
-        feats = np.stack([np.log(np.asarray(inputs[k], np.float64)) for k in self.inputs])
+        feats = self.features(inputs)
         if self.power is not None:
             return _power_log_predict(np, self.power, np.asarray(theta, np.float64), feats)
         return np.asarray(self.log_predict(np, np.asarray(theta, np.float64), feats))
@@ -113,7 +134,79 @@ CHINCHILLA = Law(
     name="chinchilla", inputs=("N", "D"), params=("a", "b", "e", "alpha", "beta"),
     natural_names=("A", "B", "E", "alpha", "beta"), to_natural=_chin_nat, from_natural=_chin_lse,
     grid_values=tuple(CHINCHILLA_GRID_VALUES.items()), power=PowerTerms(((0, 3, 0), (1, 4, 1)), 2),
-    formula="L(N, D) = E + A / N^alpha + B / D^beta")
+    formula="L(N, D) = E + A / N^alpha + B / D^beta",
+    convention="N: parameters (any count, stated by the caller), D: training tokens; C = 6 N D for allocation")
+
+CHINCHILLA_TIED = Law(
+    name="chinchilla_tied", inputs=("N", "D"), params=("a", "b", "e", "alpha", "beta"),
+    natural_names=("A", "B", "E", "alpha", "beta"), to_natural=_chin_nat, from_natural=_chin_lse,
+    grid_values=tuple(CHINCHILLA_GRID_VALUES.items()), power=PowerTerms(((0, 3, 0), (1, 4, 1)), 2),
+    ties=(("beta", "alpha"),), formula="L(N, D) = E + A / N^alpha + B / D^alpha  (beta tied to alpha)",
+    convention="N: parameters, D: training tokens; C = 6 N D for allocation (then N_opt ~ C^0.5)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Gadre et al. 2024 (over-training): L(C, M) = E + (a M^eta + b M^-eta) C^-eta, M = D / N, C = 6 N D.
+# With C / M = 6 N^2 and C M = 6 D^2 the two terms are power terms in those features, sharing the exponent:
+#   log L = LSE(log_a - eta log(6 N^2), log_b - eta log(6 D^2), e).
+# It is the Chinchilla law with alpha = beta = 2 eta, reparameterised (A = a 6^-eta, B = b 6^-eta): same optimum,
+# its own parameters and intervals.
+
+
+def _gadre_nat(p: dict[str, float]) -> dict[str, float]:
+    return {"a": float(np.exp(p["log_a"])), "b": float(np.exp(p["log_b"])), "E": float(np.exp(p["e"])),
+            "eta": p["eta"]}
+
+
+def _gadre_lse(p: dict[str, float]) -> dict[str, float]:
+    return {"log_a": float(np.log(p["a"])), "log_b": float(np.log(p["b"])), "e": float(np.log(p["E"])),
+            "eta": p["eta"]}
+
+
+GADRE = Law(
+    name="gadre", inputs=("N", "D"), params=("log_a", "log_b", "e", "eta"), natural_names=("a", "b", "E", "eta"),
+    to_natural=_gadre_nat, from_natural=_gadre_lse,
+    grid_values=(("log_a", (0.0, 5.0, 10.0, 15.0)), ("log_b", (0.0, 5.0, 10.0, 15.0)),
+                 ("e", CHINCHILLA_GRID_VALUES["e"]), ("eta", (0.05, 0.15, 0.3, 0.5, 1.0))),
+    power=PowerTerms(((0, 3, 0), (1, 3, 1)), 2), feature_scale=(2.0, 2.0),
+    feature_offset=(float(np.log(6.0)), float(np.log(6.0))),
+    formula="L(C, M) = E + (a M^eta + b M^-eta) C^-eta,  M = D / N (tokens per parameter), C = 6 N D",
+    convention="inputs N (parameters) and D (tokens); C = 6 N D and M = D / N as in Gadre et al. 2024")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Kaplan et al. 2020, eq. 1.5: L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D  (no irreducible term;
+# N is the non-embedding parameter count in the paper). Fitted in log form:
+#   log L = alpha_D * logaddexp((alpha_N / alpha_D) (log N_c - log N), log D_c - log D).
+
+
+def _kaplan_nd_log_predict(xp, theta, feats):
+    log_nc, log_dc, alpha_n, alpha_d = (theta[i] for i in range(4))
+    u = (alpha_n / alpha_d) * (log_nc - feats[0])
+    v = log_dc - feats[1]
+    m = xp.maximum(u, v)
+    return alpha_d * (m + xp.log(xp.exp(u - m) + xp.exp(v - m)))
+
+
+def _kaplan_nd_nat(p: dict[str, float]) -> dict[str, float]:
+    return {"N_c": float(np.exp(p["log_nc"])), "D_c": float(np.exp(p["log_dc"])), "alpha_N": p["alpha_n"],
+            "alpha_D": p["alpha_d"]}
+
+
+def _kaplan_nd_lse(p: dict[str, float]) -> dict[str, float]:
+    return {"log_nc": float(np.log(p["N_c"])), "log_dc": float(np.log(p["D_c"])), "alpha_n": p["alpha_N"],
+            "alpha_d": p["alpha_D"]}
+
+
+KAPLAN_ND = Law(
+    name="kaplan_nd", inputs=("N", "D"), params=("log_nc", "log_dc", "alpha_n", "alpha_d"),
+    natural_names=("N_c", "D_c", "alpha_N", "alpha_D"), to_natural=_kaplan_nd_nat, from_natural=_kaplan_nd_lse,
+    grid_values=(("log_nc", tuple(np.log([1e8, 1e11, 1e14, 1e17]))), ("log_dc", tuple(np.log([1e8, 1e11, 1e14, 1e17]))),
+                 ("alpha_n", (0.03, 0.076, 0.2, 0.5)), ("alpha_d", (0.03, 0.095, 0.2, 0.5))),
+    log_predict=_kaplan_nd_log_predict,
+    formula="L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D  (Kaplan et al. 2020, eq. 1.5)",
+    convention="N: non-embedding parameters in the paper (say which count you pass), D: training tokens; "
+               "C = 6 N D for allocation")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -234,6 +327,9 @@ DATA_CONSTRAINED = Law(
 
 LAWS: dict[str, Law] = {
     "chinchilla": CHINCHILLA,
+    "chinchilla_tied": CHINCHILLA_TIED,
+    "gadre": GADRE,
+    "kaplan_nd": KAPLAN_ND,
     "kaplan_n": power_law("kaplan_n", "N"),
     "kaplan_d": power_law("kaplan_d", "D"),
     "kaplan_c": power_law("kaplan_c", "C"),

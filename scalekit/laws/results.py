@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -17,8 +18,8 @@ from scalekit.laws.lbfgs import CONVERGED_CODES, STATUS
 class LawFit:
     """A fitted law. `params` are natural (A, B, E, alpha, beta, ...), `lse` the optimiser's form (a, b, e, ...).
 
-    `objective` is the summed Huber loss at the optimum; `n_converged`/`n_starts` count the starts that met the
-    tolerance; `start_status` holds every start's status code (see `scalekit.laws.lbfgs.STATUS`). After a
+    `objective` is the value of the objective `objective_name` (delta `delta`, None for least squares) at the
+    optimum, found by `solver`; `n_converged`/`n_starts` count the starts that met the tolerance; `start_status` holds every start's status code (see `scalekit.laws.lbfgs.STATUS`). After a
     bootstrap, `intervals` maps every parameter (both forms) and derived quantity to a percentile interval and
     `samples` holds the resampled LSE parameter rows.
     """
@@ -41,6 +42,12 @@ class LawFit:
     level: float | None = None
     bootstrap_converged: tuple[int, int] | None = None
     flops_per_param_token: float = 6.0
+    objective_name: str = "huber_log"
+    solver: str = "lbfgs"
+    ties: dict[str, str] = field(default_factory=dict)
+    bounds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    diagnostics: list = field(default_factory=list)
+    seconds: float | None = None
 
     # ---------------------------------------------------------------------------------------------- parameters
     @property
@@ -55,10 +62,17 @@ class LawFit:
     @property
     def exponents(self) -> dict[str, float]:
         """Compute-optimal exponents a = beta/(alpha+beta) (N_opt ~ C^a), b = alpha/(alpha+beta) (D_opt ~ C^b)."""
-        if "beta" not in self.lse:
-            return {}
-        a, b = optimal_exponents(self.lse["alpha"], self.lse["beta"])
-        return {"a": a, "b": b}
+        if "alpha" in self.lse and "beta" in self.lse:
+            a, b = optimal_exponents(self.lse["alpha"], self.lse["beta"])
+            return {"a": a, "b": b}
+        if "eta" in self.lse:                      # Gadre et al.: alpha = beta, so N_opt and D_opt ~ C^0.5
+            return {"a": 0.5, "b": 0.5}
+        return {}
+
+    @property
+    def objective_label(self) -> str:
+        """The objective and its delta, as every output names them (e.g. "huber_log (delta 0.001)")."""
+        return self.objective_name + ("" if self.delta is None else f" (delta {self.delta:g})")
 
     def _sample_dicts(self):
         for row in self.samples:
@@ -99,7 +113,7 @@ class LawFit:
     # ---------------------------------------------------------------------------------------------- allocation
     def _optimal_with(self, lse: dict[str, float], C, U=None):
         k = self.flops_per_param_token
-        if self.law.name == "chinchilla":
+        if self.law.name in ("chinchilla", "chinchilla_tied"):
             n, d = chinchilla_optimal(C, np.exp(lse["a"]), np.exp(lse["b"]), lse["alpha"], lse["beta"], k)
             return n, d
         if set(self.law.inputs) >= {"N", "D"}:
@@ -153,12 +167,18 @@ class LawFit:
     # ---------------------------------------------------------------------------------------------- reporting
     def summary(self) -> str:
         lines = [f"{self.law.name} law: {self.law.formula}",
-                 f"points: {self.n_points}, Huber delta: {self.delta:g}, objective (summed Huber): "
-                 f"{self.objective:.8g}",
+                 f"points: {self.n_points}, objective: {self.objective_label}, value {self.objective:.8g}, "
+                 f"solver: {self.solver}",
                  f"starts converged: {self.n_converged}/{self.n_starts}"
                  + ("" if self.converged else "  (the best start did NOT converge)")]
         if self.fixed:
             lines.append("fixed: " + ", ".join(f"{k}={v:g}" for k, v in self.fixed.items()))
+        if self.ties:
+            lines.append("tied: " + ", ".join(f"{k}={v}" for k, v in self.ties.items()))
+        if self.bounds:
+            lines.append("bounds: " + ", ".join(f"{k} in [{'-inf' if lo is None else f'{lo:g}'}, "
+                                                f"{'inf' if hi is None else f'{hi:g}'}]"
+                                                for k, (lo, hi) in self.bounds.items()))
         head = render.header(self.level, bool(self.intervals))
         rows = render.param_rows(self.params, self.intervals)
         rows += [r for r in render.param_rows(self.lse, self.intervals) if r[0] not in self.params]
@@ -171,6 +191,7 @@ class LawFit:
             lines.append(f"bootstrap: {self.bootstrap_converged[0]}/{self.bootstrap_converged[1]} resamples "
                          "converged (percentile intervals)")
         lines += [f"note: {n}" for n in self.notes]
+        lines += [f"warning [{d.code}]: {d.message}" for d in self.diagnostics if d.severity == "warning"]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -185,7 +206,10 @@ class LawFit:
             "law": self.law.name, "formula": self.law.formula, "approach": 3,
             "params": self.params, "lse_params": self.lse,
             "intervals": {k: list(v) for k, v in self.intervals.items()}, "level": self.level,
-            "exponents": self.exponents, "objective": self.objective, "delta": self.delta,
+            "exponents": self.exponents, "objective": self.objective, "objective_name": self.objective_name,
+            "delta": self.delta, "solver": self.solver, "ties": self.ties,
+            "bounds": {k: list(v) for k, v in self.bounds.items()}, "seconds": self.seconds,
+            "diagnostics": [d.to_dict() for d in self.diagnostics],
             "n_points": self.n_points, "converged": {"n": self.n_converged, "total": self.n_starts,
                                                      "best_converged": self.converged,
                                                      "by_status": status_counts},
@@ -201,6 +225,8 @@ class LawFit:
                                   {f"exponent {k}": self.intervals[f"exponent_{k}"] for k in ex
                                    if f"exponent_{k}" in self.intervals})
         head = render.header(self.level, bool(self.intervals))
-        foot = (f"objective {self.objective:.6g} over {self.n_points} points; "
+        foot = (f"{self.objective_label} = {self.objective:.6g} over {self.n_points} points ({self.solver}); "
                 f"{self.n_converged}/{self.n_starts} starts converged")
-        return render.html_table(f"{self.law.name}: {self.law.formula}", rows, head, foot)
+        warn = "".join(f"<p>&#9888; {html.escape(d.message)}</p>" for d in self.diagnostics
+                       if d.severity == "warning")
+        return render.html_table(f"{self.law.name}: {self.law.formula}", rows, head, foot) + warn
