@@ -2,40 +2,163 @@
 
 Examples:
     scalekit fit runs.csv --law chinchilla --n-col params --c-col flops --loss-col loss --bootstrap 1000
-    scalekit fit runs.csv --approach 2 --budgets chinchilla --json
-    scalekit fit sweeps/demo --law chinchilla --holdout-above 1e18
+    scalekit fit runs.csv --objective lsq_log --tie alpha=beta --bound e=0:1 --json
+    scalekit fit runs.csv --approach 2 --optimum parabola --budgets chinchilla --json
+    scalekit fit sweeps/demo --law chinchilla --holdout-above 1e18 --floor 1.2
+    scalekit fit runs.csv --compare --holdout both
     scalekit fit per_problem.csv --law coverage --group-col model
+
+Every option is checked before any fitting work: a bad value exits with status 2 and one line
+`scalekit fit: error: ...` that names the flag and the fix.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+
 class CliError(Exception):
     """A usage or input problem: printed as one line, exit status 2."""
 
 
-LAW_CHOICES = ("chinchilla", "kaplan", "kaplan_n", "kaplan_d", "kaplan_c", "data_constrained", "coverage",
-               "posttrain")
+LAW_CHOICES = ("chinchilla", "chinchilla_tied", "kaplan", "kaplan_n", "kaplan_d", "kaplan_c", "kaplan_nd", "gadre",
+               "data_constrained", "coverage", "posttrain")
+OBJECTIVES = ("huber_log", "lsq_log", "lsq", "huber")
+HUBER_OBJECTIVES = ("huber_log", "huber")
+SOLVERS = ("auto", "lbfgs", "vpnls")
+OPTIMA = ("robust", "parabola", "akima")
+HOLDOUTS = ("top", "lobo", "both")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (raised as CliError) rather than usage text and SystemExit."""
+
+    def error(self, message):
+        raise CliError(f"{message} (see scalekit fit --help)")
+
+
+# ---------------------------------------------------------------------------------- argparse value checks
+def _number(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    return v
+
+
+def _positive_float(s: str) -> float:
+    v = _number(s)
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s!r}")
+    return v
+
+
+def _level(s: str) -> float:
+    v = _number(s)
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1 (e.g. 0.95), got {s!r}")
+    return v
+
+
+def _int_at_least(lo: int, hint: str = ""):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}{hint}, got {s!r}")
+        return v
+    parse.__name__ = "int"
+    return parse
+
+
+def _fix_item(s: str) -> tuple[str, object]:
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"expects NAME=VALUE (e.g. alpha=0.34), got {s!r}")
+    k, v = (t.strip() for t in s.split("=", 1))
+    if (k, v) == ("published", "datablations-base"):
+        return k, v
+    if not k:
+        raise argparse.ArgumentTypeError(f"expects NAME=VALUE (e.g. alpha=0.34), got {s!r}")
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"value of {k!r} is not a number: {v!r} (e.g. alpha=0.34)") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"value of {k!r} must be finite, got {v!r}")
+    return k, x
+
+
+def _tie_item(s: str) -> tuple[str, str]:
+    parts = [t.strip() for t in s.split("=")]
+    if len(parts) != 2 or not all(parts):
+        raise argparse.ArgumentTypeError(f"expects A=B (e.g. beta=alpha: beta is set equal to alpha), got {s!r}")
+    if parts[0] == parts[1]:
+        raise argparse.ArgumentTypeError(f"ties a parameter to itself: {s!r}")
+    return parts[0], parts[1]
+
+
+def _bound_item(s: str) -> tuple[str, tuple[float | None, float | None]]:
+    if "=" not in s or ":" not in s.split("=", 1)[1]:
+        raise argparse.ArgumentTypeError(f"expects NAME=LO:HI, either side may be empty (e.g. alpha=0:1, "
+                                         f"alpha=0:), got {s!r}")
+    k, rng = (t.strip() for t in s.split("=", 1))
+    lo_s, hi_s = (t.strip() for t in rng.split(":", 1))
+    if not k or (not lo_s and not hi_s):
+        raise argparse.ArgumentTypeError(f"expects NAME=LO:HI with at least one side given, got {s!r}")
+    ends = []
+    for t in (lo_s, hi_s):
+        if not t:
+            ends.append(None)
+            continue
+        try:
+            ends.append(float(t))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bound {t!r} of {k!r} is not a number (in {s!r})") from None
+        if math.isnan(ends[-1]):
+            raise argparse.ArgumentTypeError(f"bound of {k!r} is NaN (in {s!r})")
+    lo, hi = ends
+    if lo is not None and hi is not None and not lo < hi:
+        raise argparse.ArgumentTypeError(f"lower bound must be below the upper one, got {s!r}")
+    return k, (lo, hi)
+
+
+def _budgets(s: str):
+    if s.strip().lower() == "chinchilla":
+        return "chinchilla"
+    out = []
+    for t in s.split(","):
+        try:
+            v = float(t)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects comma-separated FLOP budgets (e.g. 1e19,1e20) or "
+                                             f"'chinchilla'; {t.strip()!r} is not a number") from None
+        if not (math.isfinite(v) and v > 0):
+            raise argparse.ArgumentTypeError(f"budgets must be finite and > 0, got {t.strip()!r}")
+        out.append(v)
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scalekit fit", description="Fit a scaling law (approaches 1, 2 or 3 of "
-                                "Chinchilla) to results in a CSV/JSONL file or a scalekit sweep directory.")
+    p = _Parser(prog="scalekit fit", description="Fit a scaling law (approaches 1, 2 or 3 of "
+                "Chinchilla) to results in a CSV/JSONL file or a scalekit sweep directory.")
     p.add_argument("data", help="a .csv/.tsv/.jsonl/.json file, or a sweep directory")
     p.add_argument("--law", default="chinchilla", choices=LAW_CHOICES)
     p.add_argument("--approach", type=int, default=3, choices=(1, 2, 3),
                    help="3: parametric law (default); 2: IsoFLOP parabolas; 1: training-curve envelope")
-    p.add_argument("--bootstrap", type=int, default=0, metavar="K", help="resamples for percentile intervals")
-    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--holdout-above", type=float, default=None, metavar="C",
+    p.add_argument("--bootstrap", type=_int_at_least(0, " (0 = no bootstrap)"), default=0, metavar="K",
+                   help="resamples for percentile intervals (default 0 = off)")
+    p.add_argument("--level", type=_level, default=0.95, help="interval level, in (0, 1) (default 0.95)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed of the bootstrap, >= 0")
+    p.add_argument("--holdout-above", type=_positive_float, default=None, metavar="C",
                    help="fit on points with --holdout-col <= C, report the error on the rest")
     p.add_argument("--holdout-col", default=None, help="column the threshold applies to (default: C; k; X)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -46,32 +169,58 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--samples-col", default=None, help="coverage: per-problem number of samples n")
     g.add_argument("--correct-col", default=None, help="coverage: per-problem number of correct samples c")
     g.add_argument("--group-col", default=None, help="coverage: fit each group (e.g. model) separately")
-    o = p.add_argument_group("fit options")
-    o.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log residuals (default 1e-3)")
-    o.add_argument("--grid", default="default", choices=("default", "coarse"),
-                   help="starting grid: the law's default (Chinchilla's 4,500 starts) or every other value of it")
+    o = p.add_argument_group("fit options (approach 3)")
+    o.add_argument("--objective", default=None, choices=OBJECTIVES,
+                   help="huber_log (default: Huber on log residuals, as Chinchilla), lsq_log (least squares on log "
+                        "loss), lsq (least squares on loss), huber (Huber on loss residuals)")
+    o.add_argument("--delta", type=_positive_float, default=None,
+                   help="Huber delta, > 0 (default 1e-3); ignored, with a note, by the lsq objectives")
+    o.add_argument("--solver", default=None, choices=SOLVERS,
+                   help="auto (default: variable projection where the law is separable, else L-BFGS), lbfgs, vpnls")
+    o.add_argument("--grid", default=None, choices=("default", "coarse"),
+                   help="L-BFGS starting grid: the law's default (Chinchilla's 4,500 starts) or every other value "
+                        "of it; giving one selects the lbfgs solver under --solver auto")
     o.add_argument("--kaplan-var", default="N", choices=("N", "D", "C"), help="variable of --law kaplan")
     o.add_argument("--no-irreducible", action="store_true", help="drop E from the single-variable power laws")
-    o.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
-                   help="hold an LSE parameter fixed (repeatable), e.g. --fix alpha=0.34; "
-                        "--fix published=datablations-base fixes a, b, e, alpha, beta to Muennighoff et al.'s base")
-    o.add_argument("--drop-highest-loss", type=int, default=0, metavar="K",
+    o.add_argument("--fix", type=_fix_item, action="append", default=[], metavar="NAME=VALUE",
+                   help="hold a fitted (LSE) parameter fixed (repeatable), e.g. --fix alpha=0.34 or --fix e=0.6 "
+                        "(e = log E); --fix published=datablations-base fixes a, b, e, alpha, beta to Muennighoff "
+                        "et al.'s base")
+    o.add_argument("--tie", type=_tie_item, action="append", default=[], metavar="A=B",
+                   help="set parameter A equal to B (repeatable), e.g. --tie beta=alpha (as the library's "
+                        "tie='beta=alpha': beta follows alpha)")
+    o.add_argument("--bound", type=_bound_item, action="append", default=[], metavar="NAME=LO:HI",
+                   help="bound a fitted (LSE) parameter (repeatable); either side may be empty: alpha=0:, alpha=:2")
+    o.add_argument("--floor", type=_positive_float, default=None, metavar="L",
+                   help="a known lower bound on the loss (e.g. a synthetic language's entropy): diagnostics flag "
+                        "an E fitted below it")
+    o.add_argument("--drop-highest-loss", type=_int_at_least(0), default=0, metavar="K",
                    help="drop the K highest-loss points first (the Chinchilla replication drops 5)")
     o.add_argument("--drop-invalid", action="store_true",
                    help="drop rows with NaN/missing/non-positive values (with a warning) instead of failing")
-    o.add_argument("--flops-per-param-token", type=float, default=6.0, help="C = k N D convention (default 6)")
-    o.add_argument("--budgets", default=None,
-                   help="approach 2: comma-separated budgets to snap C to, or 'chinchilla'")
-    o.add_argument("--by", default="N", choices=("N", "D"), help="approach 2: parabola in log N or log D")
-    o.add_argument("--at", type=float, action="append", default=[], metavar="C",
-                   help="also report the compute-optimal allocation at this budget (repeatable)")
+    o.add_argument("--flops-per-param-token", type=_positive_float, default=6.0,
+                   help="C = k N D convention, > 0 (default 6)")
+    o.add_argument("--at", type=_positive_float, action="append", default=[], metavar="C",
+                   help="also report the compute-optimal allocation at this budget, > 0 (repeatable)")
+    a2 = p.add_argument_group("approach 2 options")
+    a2.add_argument("--budgets", type=_budgets, default=None,
+                    help="comma-separated budgets to snap C to, or 'chinchilla'")
+    a2.add_argument("--by", default="N", choices=("N", "D"), help="parabola in log N or log D")
+    a2.add_argument("--optimum", default=None, choices=OPTIMA,
+                    help="how each budget's optimum is found (default: the library's, robust); parabola = the "
+                         "vertex of one least-squares parabola over the budget's points")
+    a2.add_argument("--window", type=_int_at_least(3), default=None, metavar="K",
+                    help="points around each budget's minimum used for its optimum, >= 3")
+    c = p.add_argument_group("comparison")
+    c.add_argument("--compare", action="store_true",
+                   help="also compare laws, objectives and approaches on held-out points, ranked")
+    c.add_argument("--holdout", default=None, choices=HOLDOUTS,
+                   help="--compare holdout: top (highest budgets, default), lobo (leave one budget out), both")
     return p
 
 
 def _load_frame(path: Path, args):
-    """(DataFrame, notes): a table file, or the 'done' runs of a sweep directory."""
-    import pandas as pd
-
+    """(DataFrame, default columns, notes): a table file, or the 'done' runs of a sweep directory."""
     from scalekit.laws.data import load_table
 
     if path.is_dir():
@@ -90,8 +239,14 @@ def _load_frame(path: Path, args):
         else:
             defaults["C"] = "flops"
             notes.append("C = flops from the sweep store (its own FLOP convention)")
-        if "budget" in df:
-            defaults["budget"] = "budget"
+        if "budget" in df and args.budget_col is None:
+            missing = int(df["budget"].isna().sum())
+            if missing:                       # a grid sweep (no IsoFLOP plan): budgets are absent, not invalid
+                df = df.drop(columns="budget")
+                notes.append(f"budget missing for {missing} of {len(df)} runs: budget column not used "
+                             "(approach 2 groups the runs by C)")
+            else:
+                defaults["budget"] = "budget"
         if args.approach == 1 and "eval_curve" in df:
             df, more = _expand_curves(df)
             notes += more
@@ -133,31 +288,110 @@ def _columns(args, defaults: dict) -> dict:
     return cols
 
 
-def _fixed(args, law) -> dict:
-    out = {}
-    for item in args.fix:
-        if "=" not in item:
-            raise CliError(f"--fix expects NAME=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        if k == "published" and v == "datablations-base":
-            from scalekit.laws.forms import DATABLATIONS_PUBLISHED
-            out.update({n: DATABLATIONS_PUBLISHED[n] for n in ("a", "b", "e", "alpha", "beta")})
-            continue
-        out[k.strip()] = float(v)
-    return out
-
-
 def _law_name(args) -> str:
     if args.law == "kaplan":
         return f"kaplan_{args.kaplan_var.lower()}"
     return args.law
 
 
-def _coverage(df, args, notes):
+def _known(flag: str, item: str, name: str, law) -> None:
+    """Raise unless `name` is a fitted parameter of `law`; the message lists the law's parameters."""
+    if name in law.params:
+        return
+    hint = ""
+    if name.lower() in law.params:
+        hint = f" (the fit is in log form: use {name.lower()}" + (f" = log {name})" if name != name.lower() else ")")
+    raise CliError(f"{flag} {item}: the {law.name} law has no parameter {name!r}; its parameters are "
+                   f"{', '.join(law.params)}{hint}")
+
+
+def _check(args) -> tuple[dict, list[str]]:
+    """Every option checked before any data is read or fitted: (keyword arguments of the fit, notes)."""
+    from scalekit.laws import get_law
+
+    law_name = _law_name(args)
+    notes: list[str] = []
+    parametric = args.approach == 3 or law_name == "coverage"
+    if args.approach in (1, 2) and law_name != "chinchilla":
+        raise CliError(f"--approach {args.approach} estimates compute-optimal N and D from IsoFLOP data: use it "
+                       "with --law chinchilla (the default), or --approach 3 for other laws")
+    if not parametric:
+        for flag, given in (("--fix", args.fix), ("--tie", args.tie), ("--bound", args.bound),
+                            ("--floor", args.floor is not None), ("--holdout-above", args.holdout_above is not None)):
+            if given:
+                raise CliError(f"{flag} applies to a parametric fit: use --approach 3, or drop {flag}")
+        for flag, given in (("--objective", args.objective), ("--solver", args.solver), ("--delta", args.delta),
+                            ("--grid", args.grid)):
+            if given is not None:
+                notes.append(f"{flag} is ignored by approach {args.approach} (it fits no parametric law)")
+    if args.approach != 2:
+        for flag, given in (("--optimum", args.optimum), ("--window", args.window)):
+            if given is not None:
+                raise CliError(f"{flag} applies to approach 2 (IsoFLOP profiles): add --approach 2, or drop {flag}")
+        if args.budgets is not None:
+            notes.append("--budgets is ignored outside approach 2")
+    elif args.window is not None and args.optimum in ("parabola", "akima"):
+        notes.append(f"--window is ignored by --optimum {args.optimum} (it uses all of a budget's points)")
+    if args.holdout is not None and not args.compare:
+        notes.append("--holdout is ignored without --compare")
+    if args.compare and law_name == "coverage":
+        raise CliError("--compare compares laws of loss in N and D: it does not apply to --law coverage")
+    objective = args.objective or "huber_log"
+    if args.delta is not None and objective not in HUBER_OBJECTIVES and parametric:
+        notes.append(f"--delta {args.delta:g} is ignored: the {objective} objective has no Huber threshold")
+    if not parametric:
+        return {}, notes
+    if args.grid is not None and args.solver == "vpnls":
+        notes.append("--grid is ignored by --solver vpnls (it searches its own grid over the exponents)")
+    try:
+        law = get_law(law_name, irreducible=not args.no_irreducible)
+    except ValueError as err:
+        raise CliError(f"{'--no-irreducible' if args.no_irreducible else '--law'}: {err}") from None
+    if law_name == "coverage" and args.floor is not None:
+        raise CliError("--floor bounds a loss from below: it does not apply to --law coverage; drop --floor")
+    fixed: dict[str, float] = {}
+    for k, v in args.fix:
+        if k == "published":
+            from scalekit.laws.forms import DATABLATIONS_PUBLISHED
+            for n in ("a", "b", "e", "alpha", "beta"):
+                _known("--fix", "published=datablations-base", n, law)
+                fixed[n] = DATABLATIONS_PUBLISHED[n]
+            continue
+        _known("--fix", f"{k}={v:g}", k, law)
+        fixed[k] = v
+    tie: dict[str, str] = {}
+    for a, b in args.tie:
+        for n in (a, b):
+            _known("--tie", f"{a}={b}", n, law)
+        if a in tie:
+            raise CliError(f"--tie {a}={b}: {a} is already tied to {tie[a]}; tie each parameter once")
+        tie[a] = b                                 # --tie beta=alpha: beta is set equal to alpha
+    bounds: dict[str, tuple] = {}
+    for k, (lo, hi) in args.bound:
+        _known("--bound", f"{k}={'' if lo is None else f'{lo:g}'}:{'' if hi is None else f'{hi:g}'}", k, law)
+        bounds[k] = (lo, hi)
+    kw: dict = {"objective": objective, "solver": args.solver or "auto", "fixed": fixed}
+    if law_name != "coverage":
+        kw["irreducible"] = not args.no_irreducible
+        if args.grid is not None:
+            kw["grid"] = args.grid
+    if objective in HUBER_OBJECTIVES and args.delta is not None:
+        kw["delta"] = args.delta
+    if tie:
+        kw["tie"] = tie
+    if bounds:
+        kw["bounds"] = bounds
+    if args.floor is not None:
+        kw["floor"] = args.floor
+    return kw, notes
+
+
+def _coverage(df, args, fit_kw):
     from scalekit.laws.coverage import coverage_curve, coverage_data, fit_coverage, log_spaced_ks
     from scalekit.laws.extrapolate import extrapolation_check
 
     groups = [(None, df)] if args.group_col is None else list(df.groupby(args.group_col, sort=True))
+    kw = fit_kw
     out = {}
     for name, g in groups:
         if args.samples_col or args.correct_col or {"n_samples", "n_correct"} <= set(g.columns):
@@ -170,20 +404,25 @@ def _coverage(df, args, notes):
             k = g[args.k_col or "k"].to_numpy(np.float64)
             cov = g[args.loss_col or "coverage"].to_numpy(np.float64)
             src = f"coverage curve of {len(k)} points"
-        fit = fit_coverage(k, cov, delta=args.delta, bootstrap=args.bootstrap, seed=args.seed, level=args.level)
+        fit = fit_coverage(k, cov, bootstrap=args.bootstrap, seed=args.seed, level=args.level, **kw)
         fit.notes.insert(0, src)
         rep = None
         if args.holdout_above is not None:
-            rep = extrapolation_check(coverage_data(k, cov), "coverage", args.holdout_above, column="k",
-                                      delta=args.delta)
+            rep = extrapolation_check(coverage_data(k, cov), "coverage", args.holdout_above, column="k", **kw)
         out[str(name) if name is not None else "all"] = (fit, rep)
     return out
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
     from scalekit.laws import ScalingLawWarning
 
+    json_mode = "--json" in argv
+    try:
+        args = _parser().parse_args(argv)
+    except CliError as err:
+        return _error(json_mode, err)
+    except SystemExit as ex:                     # --help
+        return int(ex.code or 0)
     caught: list[str] = []
 
     def _show(message, category, filename, lineno, file=None, line=None):
@@ -197,66 +436,83 @@ def main(argv: list[str]) -> int:
         return _run(args, caught)
 
 
+def _error(json_mode: bool, err: Exception) -> int:
+    msg = str(err) if isinstance(err, CliError) else f"{type(err).__name__}: {err}"
+    msg = " ".join(msg.split())                  # always one line
+    if json_mode:
+        print(json.dumps({"error": str(err), "type": type(err).__name__}))
+    print(f"scalekit fit: error: {msg}", file=sys.stderr)
+    return 2
+
+
 def _run(args, caught: list[str]) -> int:
     from scalekit.laws import (CHINCHILLA_BUDGETS, ScalingData, extrapolation_check, fit_envelope, fit_isoflop,
                                fit_law)
     from scalekit.laws.errors import InvalidDataError
 
     try:
+        fit_kw, cli_notes = _check(args)
         df, defaults, notes = _load_frame(Path(args.data), args)
+        notes += cli_notes
         law_name = _law_name(args)
         result: dict = {"data": str(args.data), "law": law_name, "approach": args.approach}
         if law_name == "coverage":
-            fits = _coverage(df, args, notes)
+            fits = _coverage(df, args, fit_kw)
             result["fits"] = {k: {**f.to_dict(), **({"extrapolation": r.to_dict()} if r else {})}
                               for k, (f, r) in fits.items()}
             text = [f"[{k}]\n{f.summary()}" + (f"\n{r.summary()}" if r else "") for k, (f, r) in fits.items()]
             return _emit(args, result, notes, text, caught)
         data = ScalingData.from_frame(df, _columns(args, defaults), drop_invalid=args.drop_invalid,
                                       flops_per_param_token=args.flops_per_param_token)
+        if args.drop_highest_loss >= len(data):
+            raise CliError(f"--drop-highest-loss {args.drop_highest_loss} would drop all {len(data)} rows: "
+                           f"use a value below {len(data)}")
         data = data.drop_highest_loss(args.drop_highest_loss)
         text = []
-        if args.approach in (1, 2):
-            if law_name != "chinchilla":
-                raise CliError("approaches 1 and 2 estimate compute-optimal N and D; "
-                                 "use them with --law chinchilla (the default)")
-            if args.approach == 2:
-                budgets = None
-                if args.budgets:
-                    budgets = (CHINCHILLA_BUDGETS if args.budgets == "chinchilla"
-                               else [float(b) for b in args.budgets.split(",")])
-                fit = fit_isoflop(data, by=args.by, budgets=budgets, bootstrap=args.bootstrap, seed=args.seed,
-                                  level=args.level, flops_per_param_token=args.flops_per_param_token)
-            else:
-                fit = fit_envelope(data, flops_per_param_token=args.flops_per_param_token)
+        if args.approach == 2:
+            budgets = CHINCHILLA_BUDGETS if args.budgets == "chinchilla" else args.budgets
+            extra = {k: v for k, v in (("optimum", args.optimum), ("window", args.window)) if v is not None}
+            fit = fit_isoflop(data, by=args.by, budgets=budgets, bootstrap=args.bootstrap, seed=args.seed,
+                              level=args.level, flops_per_param_token=args.flops_per_param_token, **extra)
+        elif args.approach == 1:
+            fit = fit_envelope(data, flops_per_param_token=args.flops_per_param_token)
         else:
-            fit = fit_law(data, law_name, delta=args.delta, fixed=_fixed(args, law_name), grid=args.grid,
-                          irreducible=not args.no_irreducible, bootstrap=args.bootstrap, seed=args.seed,
-                          level=args.level)
+            fit = fit_law(data, law_name, bootstrap=args.bootstrap, seed=args.seed, level=args.level, **fit_kw)
         result.update(fit.to_dict())
         result["approach"] = args.approach
+        result.setdefault("diagnostics", [g.to_dict() for g in getattr(fit, "diagnostics", None) or []])
+        if args.approach == 2:
+            det = getattr(fit, "details", {}) or {}
+            result["optimum"] = det.get("optimum", args.optimum)
+            result["window"] = det.get("window", args.window) if result["optimum"] == "robust" else None
+            text.append(f"approach 2: optimum {result['optimum']}"
+                        + (f", window {result['window']}" if result["window"] is not None else ""))
         text.append(fit.summary())
         if args.at:
             allocs = [fit.compute_optimal(c) for c in args.at]
             result["compute_optimal"] = [a.to_dict() for a in allocs]
             text.append("compute-optimal:\n" + "\n".join(f"  {a}" for a in allocs))
         if args.holdout_above is not None:
-            if args.approach != 3:
-                raise CliError("--holdout-above checks a parametric law (approach 3)")
             col = args.holdout_col or {"coverage": "k", "posttrain": "X"}.get(law_name, "C")
-            rep = extrapolation_check(data, law_name, args.holdout_above, column=col, delta=args.delta,
-                                      grid=args.grid, fixed=_fixed(args, law_name),
-                                      irreducible=not args.no_irreducible)
+            rep = extrapolation_check(data, law_name, args.holdout_above, column=col, **fit_kw)
             result["extrapolation"] = rep.to_dict()
             text.append(rep.summary())
+        if args.compare:
+            cmp = _compare(data, args)
+            result["compare"] = cmp.to_dict()
+            text.append(cmp.summary())
         return _emit(args, result, notes, text, caught)
     except (CliError, InvalidDataError, ValueError, FileNotFoundError, KeyError) as err:
-        msg = f"scalekit fit: error: {type(err).__name__}: {err}"
-        if args.json:
-            print(json.dumps({"error": str(err), "type": type(err).__name__}))
-        else:
-            print(msg, file=sys.stderr)
-        return 2
+        return _error(args.json, err)
+
+
+def _compare(data, args):
+    try:
+        from scalekit.laws.compare import compare_laws
+    except ImportError as err:
+        raise CliError(f"--compare needs scalekit.laws.compare, which this installation lacks ({err})") from None
+    return compare_laws(data, holdout=args.holdout or "top", bootstrap=args.bootstrap, level=args.level,
+                        seed=args.seed, floor=args.floor)
 
 
 def _emit(args, result: dict, notes: list[str], text: list[str], caught: list[str]) -> int:
@@ -269,5 +525,5 @@ def _emit(args, result: dict, notes: list[str], text: list[str], caught: list[st
     else:
         for n in notes:
             print(f"# {n}")
-        print("\n\n".join(text))
+        print("\n\n".join(t for t in text if t))
     return 0

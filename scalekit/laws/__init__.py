@@ -24,7 +24,7 @@ from scalekit.laws.forms import (CHINCHILLA_GRID_VALUES, DATABLATIONS_PUBLISHED,
                                  data_constrained_loss, get_law)
 from scalekit.laws.objective import DEFAULT_DELTA, OBJECTIVES
 from scalekit.laws.isoflop import (CHINCHILLA_BUDGETS, AllocationFit, fit_envelope, fit_isoflop, group_budgets,
-                                   training_envelope)
+                                   isoflop_bias, training_envelope)
 from scalekit.laws.lbfgs import STATUS, LBFGSOptions, minimize_batch
 from scalekit.laws.results import LawFit
 
@@ -35,6 +35,7 @@ __all__ = [
     "Law", "LawFit", "NotConvergedWarning", "ParabolaOpensDownwardWarning", "STATUS", "ScalingData",
     "ScalingLawWarning", "TooFewPointsError", "VertexOutsideRangeWarning", "bootstrap_fit", "chinchilla_loss",
     "chinchilla_optimal", "coverage_curve", "data_constrained_loss", "extrapolation_check", "fit_coverage",
-    "fit_envelope", "fit_isoflop", "fit_law", "get_law", "group_budgets", "load_table", "log_spaced_ks",
+    "fit_envelope", "fit_isoflop", "fit_law", "get_law", "group_budgets", "isoflop_bias", "load_table",
+    "log_spaced_ks",
     "minimize_batch", "numeric_optimal", "optimal_exponents", "pass_at_k", "power_optimal", "training_envelope",
 ]

@@ -219,7 +219,7 @@ def test_approach2_bootstrap_with_few_sizes_per_budget_skips_degenerate_resample
         rows.append((N, np.full(N.shape, C)))
     N, C = (np.concatenate(x) for x in zip(*rows))
     loss = chinchilla_loss(N, C / (6 * N), **TRUE) * np.exp(rng.normal(0, 0.002, N.shape))
-    fit = fit_isoflop({"N": N, "C": C, "loss": loss}, bootstrap=200)
+    fit = fit_isoflop({"N": N, "C": C, "loss": loss}, bootstrap=200, optimum="parabola")
     lo, hi = fit.intervals["a"]
     assert lo < fit.params["a"] < hi
     usable = int(fit.notes[-1].split("bootstrap: ")[1].split("/")[0])

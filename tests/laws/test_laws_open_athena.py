@@ -1,0 +1,122 @@
+"""Reproduce, from the command line, every row of the Open-Athena IsoFLOP table
+(../shared/data/open_athena_isoflops/README.md): approach 2 (one parabola per budget, OLS of log N_opt on log C)
+and approach 3 (the Chinchilla form by least squares on log loss). Skipped with a reason when the data are absent.
+
+Each row runs `scalekit fit` in-process with --json on a CSV of that experiment's rows (clean: outlier == False).
+Both solvers (auto, which picks vpnls for Chinchilla, and the 4,500-start L-BFGS grid) reproduce every row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from scalekit.cli.fit import main
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"   # repo/../shared/data
+CSV = SHARED_DATA / "open_athena_isoflops" / "isoflops.csv"
+
+# (id, experiment, clean only, approach 2 a, approach 3 (E, alpha, beta) as published, with their decimals)
+ROWS = [
+    ("llama3_raw_all", "llama_3__raw_loss", False, "0.4632", ("0.6021", "0.3068", "0.3110")),
+    ("llama3_raw_clean", "llama_3__raw_loss", True, "0.50000", ("0.622", "0.335", "0.334")),
+    ("epochai_clean", "epochai_chinchilla__massivetext__chinchilla", True, "0.54142", ("1.904", "0.384", "0.427")),
+    ("marin_comma_clean", "marin_202603__comma__llama_2", True, "0.42641", ("2.750", "0.722", "0.389")),
+    ("marin_dclm_clean", "marin_202603__dclm__llama_2", True, "0.43166", ("2.620", "0.695", "0.438")),
+    ("marin_nemotron_clean", "marin_202603__nemotron__llama_2", True, "0.44425", ("2.549", "0.681", "0.433")),
+    ("ml_scalefit_clean", "ml_scalefit__massivetext__chinchilla", True, "0.54153", ("1.93075", "0.39089", "0.44635")),
+    # the authors' fit stopped at their upper bound on B: compared by objective, not by parameters
+    ("misfitting_clean", "misfitting__fineweb_c4__transformer", True, "0.52338", ("2.67055", "0.62586", "0.68201")),
+]
+AT_BOUND = {"misfitting_clean"}
+COLS = ["--n-col", "params", "--d-col", "tokens", "--loss-col", "loss"]
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    if not CSV.is_file():
+        pytest.skip(f"reference data not found at {CSV} (a user's clone has no ../shared)")
+    return pd.read_csv(CSV)
+
+
+@pytest.fixture(scope="module")
+def row_csv(table, tmp_path_factory):
+    """Path of a CSV holding one row of the table's points (written once per row)."""
+    paths: dict[str, str] = {}
+
+    def get(row_id: str) -> str:
+        if row_id not in paths:
+            _, exp, clean, _, _ = next(r for r in ROWS if r[0] == row_id)
+            g = table[table["experiment"] == exp]
+            if clean:
+                g = g[g["outlier"].astype(str).str.lower() == "false"]
+            assert len(g) > 0, exp
+            path = tmp_path_factory.mktemp("open_athena") / f"{row_id}.csv"
+            g.to_csv(path, index=False)
+            paths[row_id] = str(path)
+        return paths[row_id]
+    return get
+
+
+def _run_json(capsys, argv) -> dict:
+    code = main(argv + ["--json"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err + cap.out
+    return json.loads(cap.out.strip().splitlines()[-1])
+
+
+def _tolerance(published: str) -> float:
+    """The looser of 0.1% relative and half a unit of the last published decimal."""
+    decimals = len(published.split(".")[1]) if "." in published else 0
+    return max(1e-3 * abs(float(published)), 0.5 * 10.0 ** -decimals)
+
+
+def _authors(pub) -> list[str]:
+    """--fix flags holding E, alpha, beta at the authors' values (A and B are refitted: they depend on units)."""
+    E, alpha, beta = map(float, pub)
+    return ["--fix", f"e={math.log(E)!r}", "--fix", f"alpha={alpha!r}", "--fix", f"beta={beta!r}"]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_approach2_parabola_slope(row, row_csv, capsys):
+    row_id, _, _, a_pub, _ = row
+    res = _run_json(capsys, [row_csv(row_id), "--approach", "2", "--optimum", "parabola", *COLS,
+                             "--budget-col", "budget"])
+    assert res["optimum"] == "parabola"
+    print(f"{row_id}: approach 2 a = {res['params']['a']:.5f} (table {a_pub})")
+    assert abs(res["params"]["a"] - float(a_pub)) <= 1e-4, (res["params"]["a"], a_pub)
+
+
+@pytest.mark.parametrize("solver", ["auto", "lbfgs"])
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_approach3_least_squares_on_log_loss(row, solver, row_csv, capsys):
+    row_id, _, _, _, pub = row
+    path = row_csv(row_id)
+    res = _run_json(capsys, [path, "--objective", "lsq_log", "--solver", solver, *COLS])
+    assert res["objective_name"] == "lsq_log" and res["delta"] is None
+    assert res["solver"] == ("vpnls" if solver == "auto" else "lbfgs")
+    ours = {k: res["params"][k] for k in ("E", "alpha", "beta")}
+    print(f"{row_id} [{res['solver']}]: E, alpha, beta = {ours['E']:.5f}, {ours['alpha']:.5f}, {ours['beta']:.5f}"
+          f" (table {', '.join(pub)}); objective {res['objective']:.7g}")
+    if row_id in AT_BOUND:
+        theirs = _run_json(capsys, [path, "--objective", "lsq_log", "--solver", "lbfgs", *COLS, *_authors(pub)])
+        E, alpha = float(pub[0]), float(pub[1])
+        assert theirs["params"]["E"] == pytest.approx(E) and theirs["params"]["alpha"] == alpha
+        print(f"{row_id} [{res['solver']}]: objective ours {res['objective']:.7g}, the authors' E, alpha, beta "
+              f"(A, B refitted) {theirs['objective']:.7g}")
+        assert res["objective"] < theirs["objective"]
+        return
+    for k, p in zip(("E", "alpha", "beta"), pub):
+        assert abs(ours[k] - float(p)) <= _tolerance(p), (k, ours[k], p)
+
+
+def test_auto_solver_with_every_exponent_fixed(row_csv, capsys):
+    row_id, _, _, _, pub = ROWS[-1]
+    res = _run_json(capsys, [row_csv(row_id), "--objective", "lsq_log", *COLS, *_authors(pub)])
+    ref = _run_json(capsys, [row_csv(row_id), "--objective", "lsq_log", "--solver", "lbfgs", *COLS, *_authors(pub)])
+    assert res["solver"] == "vpnls"
+    assert res["objective"] <= ref["objective"] * (1 + 1e-8)
