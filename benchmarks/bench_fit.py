@@ -8,7 +8,13 @@ each start with default settings and finite-difference gradients, best converged
     .venv/bin/python benchmarks/bench_fit.py            # full: 4,500 starts each side (~150 s of scipy)
     .venv/bin/python benchmarks/bench_fit.py --quick    # a fixed random 450 of the starts, each side
 
-Prints a table and appends one JSON line to benchmarks/results/fit.jsonl. "cold" is the first call in the
+Then the solvers of `fit_law` against each other, per objective (huber_log, lsq_log, lsq, huber): variable
+projection (`solver="vpnls"`) against the 4,500-start batched L-BFGS (`solver="lbfgs"`), both cold and warm, with
+their objective values side by side (goal: vpnls >= 10x faster at an equal or lower objective).
+
+    .venv/bin/python benchmarks/bench_fit.py --solvers-only   # just the solver comparison (~1 min)
+
+Prints tables and appends one JSON line to benchmarks/results/fit.jsonl. "cold" is the first call in the
 process (tracing and XLA compilation included; no persistent compilation cache), "warm" a repeat call.
 """
 
@@ -74,9 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-jac", action="store_true",
                     help="give scipy an analytic gradient too (a stronger baseline than the replication's)")
     ap.add_argument("--no-save", action="store_true", help="do not append to benchmarks/results/fit.jsonl")
+    ap.add_argument("--solvers-only", action="store_true", help="skip the scipy baseline and the bootstrap")
     args = ap.parse_args(argv)
     if not DATA.exists():
         print(f"bench_fit: reference data not found at {DATA}; nothing to measure", file=sys.stderr)
+        return 0
+    if args.solvers_only:
+        record = {"bench": "fit_solvers", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **solver_comparison()}
+        _save(record, args.no_save)
         return 0
 
     import jax
@@ -139,13 +150,56 @@ def main(argv: list[str] | None = None) -> int:
         "bootstrap": args.bootstrap, "bootstrap_wall_warm_s": t_bw, "bootstrap_wall_cold_s": t_bc,
         "bootstrap_converged": boot.bootstrap_converged[0],
     }
-    if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as fh:
-            fh.write(json.dumps({k: (float(v) if isinstance(v, np.floating) else v) for k, v in record.items()},
-                                default=float) + "\n")
-        print(f"appended to {RESULTS.relative_to(REPO)}")
+    record.update(solver_comparison())
+    _save(record, args.no_save)
     return 0
+
+
+def _save(record: dict, no_save: bool) -> None:
+    if no_save:
+        return
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as fh:
+        fh.write(json.dumps({k: (float(v) if isinstance(v, np.floating) else v) for k, v in record.items()},
+                            default=float) + "\n")
+    print(f"appended to {RESULTS.relative_to(REPO)}")
+
+
+def solver_comparison() -> dict:
+    """VPNLS against the 4,500-start L-BFGS on epoch_chinchilla for every objective: cold and warm wall times."""
+    import pandas as pd
+
+    from scalekit.laws import OBJECTIVES, ScalingData, fit_law
+
+    data = ScalingData.from_frame(pd.read_csv(DATA), {"N": "Model Size", "C": "Training FLOP", "loss": "loss"})
+    data = data.drop_highest_loss(5)
+    import jax.numpy as jnp
+
+    jnp.ones(1).block_until_ready()        # start the JAX runtime first: "cold" below is tracing + compiling
+    rows, out = [], {}
+    for objective in OBJECTIVES:
+        res = {}
+        for solver in ("vpnls", "lbfgs"):
+            cold, t_cold, _ = _timed(lambda: fit_law(data, objective=objective, solver=solver, diagnose=False))
+            warm = [_timed(lambda: fit_law(data, objective=objective, solver=solver, diagnose=False))
+                    for _ in range(3)]
+            t_warm = min(w[1] for w in warm)
+            res[solver] = (warm[0][0], t_cold, t_warm)
+        (vf, vc, vw), (lf, lc, lw) = res["vpnls"], res["lbfgs"]
+        rel = (vf.objective - lf.objective) / lf.objective
+        rows.append((objective, f"{lf.objective:.10g}", f"{vf.objective:.10g}", f"{rel:+.1e}", f"{lc:.2f}",
+                     f"{vc:.2f}", f"{lc / vc:.1f}x", f"{lw:.3f}", f"{vw:.3f}", f"{lw / vw:.1f}x"))
+        out[objective] = {"lbfgs_objective": lf.objective, "vpnls_objective": vf.objective,
+                          "relative_objective_difference": rel, "lbfgs_cold_s": lc, "vpnls_cold_s": vc,
+                          "lbfgs_warm_s": lw, "vpnls_warm_s": vw, "speedup_cold": lc / vc, "speedup_warm": lw / vw,
+                          "lbfgs_starts": lf.n_starts, "vpnls_note": next((n for n in vf.notes if "vpnls" in n), "")}
+    head = ("objective", "L-BFGS 4500 obj.", "VPNLS obj.", "rel. diff", "L-BFGS cold s", "VPNLS cold s", "cold x",
+            "L-BFGS warm s", "VPNLS warm s", "warm x")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    print(f"\nsolvers on epoch_chinchilla (240 points), load {os.getloadavg()[0]:.1f}; warm = best of 3")
+    for r in [head] + rows:
+        print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
+    return {"solvers": out}
 
 
 if __name__ == "__main__":

@@ -177,6 +177,26 @@ def _interval_checks(fit) -> list[Diagnostic]:
     return out
 
 
+def attach_isoflop_diagnostics(fit, data, surface="fit", emit: bool = True) -> list[Diagnostic]:
+    """Diagnose an approach-2 fit, keep the result on `fit.diagnostics` and warn for each warning.
+
+    surface="fit" fits the Chinchilla law (approach 3, variable projection) to the same points to simulate approach
+    2's bias on this grid; pass a LawFit to use that one, or None to skip the simulation."""
+    if isinstance(surface, str) and surface == "fit":
+        from scalekit.laws.fit import fit_law
+
+        try:
+            surface = fit_law(data, "chinchilla", diagnose=False)
+        except ValueError:
+            surface = None
+    fit.diagnostics = diagnose_isoflop(fit, data, surface)
+    if emit:
+        for d in fit.diagnostics:
+            if d.severity == "warning":
+                warnings.warn(f"[{d.code}] {d.message}", DiagnosticWarning, stacklevel=3)
+    return fit.diagnostics
+
+
 def diagnose_isoflop(fit, data, surface=None) -> list[Diagnostic]:
     """Approach-2 diagnostics: budgets dropped, and (given a fitted law `surface`) the method's simulated bias."""
     out = []
@@ -190,15 +210,19 @@ def diagnose_isoflop(fit, data, surface=None) -> list[Diagnostic]:
             from scalekit.laws.isoflop import isoflop_bias
         except ImportError:
             return out
-        kw = {k: v for k, v in (fit.details.get("settings", {}) if isinstance(fit.details, dict) else {}).items()}
+        kw = dict(fit.details.get("settings", {}) if isinstance(fit.details, dict) else {})
         try:
             bias = isoflop_bias(data, lambda N, D: surface.predict(N=N, D=D), by=fit.by, **kw)
         except (ValueError, np.linalg.LinAlgError) as err:
             return out + [Diagnostic("approach2_bias", "info", f"bias not estimated: {err}", {})]
         b = float(bias.get("a_bias", np.nan))
-        sev = "warning" if np.isfinite(b) and abs(b) > 0.02 else "info"
-        out.append(Diagnostic("approach2_bias", sev,
-                              f"approach 2 on this grid, simulated on the fitted {surface.law.name} surface, gives "
-                              f"a = {bias.get('a_fit', np.nan):.4f} where the surface's own is "
-                              f"{bias.get('a_true', np.nan):.4f} (bias {b:+.4f})", dict(bias)))
+        ratio = float(bias.get("n_opt_ratio_at_max_budget", np.nan))
+        big = (np.isfinite(b) and abs(b) > 0.02) or (np.isfinite(ratio) and abs(np.log(ratio)) > np.log(1.1))
+        detail = {k: v for k, v in bias.items() if k != "fit"}
+        out.append(Diagnostic("approach2_bias", "warning" if big else "info",
+                              f"approach 2 ({kw.get('optimum', 'robust')}) on this grid, simulated on the fitted "
+                              f"{surface.law.name} surface sampled at the same points, gives a = "
+                              f"{bias.get('a_fit', np.nan):.4f} where the surface's own is "
+                              f"{bias.get('a_true', np.nan):.4f} (bias {b:+.4f}; N_opt at the largest budget "
+                              f"x{ratio:.3f} of the surface's)", detail))
     return out

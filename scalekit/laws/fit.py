@@ -30,7 +30,7 @@ from scalekit.laws.data import ScalingData, as_data
 from scalekit.laws.errors import DroppedPointsWarning, InvalidDataError, NotConvergedWarning, TooFewPointsError
 from scalekit.laws.forms import Law, get_law, product_grid
 from scalekit.laws.lbfgs import CONVERGED_CODES, BatchResult, LBFGSOptions, minimize_batch
-from scalekit.laws.objective import DEFAULT_DELTA, Problem, check_objective, delta_value
+from scalekit.laws.objective import Problem, check_objective, delta_value
 from scalekit.laws.results import LawFit
 
 SOLVERS = ("auto", "lbfgs", "vpnls")

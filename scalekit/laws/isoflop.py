@@ -51,6 +51,7 @@ class AllocationFit:
     notes: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict, repr=False)
     opt_se: np.ndarray | None = None         # approach 2: standard error of each optimum's log N_opt (log D_opt)
+    diagnostics: list = field(default_factory=list)      # scalekit.laws.diagnostics.Diagnostic
 
     @property
     def exponents(self) -> dict[str, float]:
@@ -108,7 +109,7 @@ class AllocationFit:
             "optima": {"C": self.budgets, "N_opt": self.n_opt, "D_opt": self.d_opt, "loss": self.loss_opt,
                        "log_opt_se": self.opt_se},
             "optimum": self.details.get("optimum") if self.approach == 2 else None,
-            "notes": self.notes})
+            "diagnostics": [d.to_dict() for d in self.diagnostics], "notes": self.notes})
 
     def _repr_html_(self) -> str:
         head = render.header(self.level, bool(self.intervals))

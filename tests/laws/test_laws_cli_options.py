@@ -303,3 +303,25 @@ def test_sweep_with_partly_missing_budgets_groups_by_c(tmp_path, capsys):
     res = _run_json(capsys, [_sweep(tmp_path, runs), "--approach", "2"])
     assert res["params"]["a"] == pytest.approx(0.30 / 0.63, abs=0.03)
     assert any("budget column not used" in n for n in res["conventions"])
+
+
+def test_approach2_reports_its_simulated_bias_on_the_grid(tmp_path, capsys):
+    """Alpha != beta (0.465 vs 0.155) and every budget's sizes centred 3x above the optimum: the single parabola
+    is biased on this grid, and the diagnostic (approach 2 simulated on the approach-3 surface at the same points)
+    says so; the robust optimum is not flagged."""
+    surf = {"A": 406.4, "B": 410.7, "E": 1.69, "alpha": 0.465, "beta": 0.155}
+    G = (surf["alpha"] * surf["A"] / (surf["beta"] * surf["B"])) ** (1 / (surf["alpha"] + surf["beta"]))
+    rows = []
+    for C in (1e18, 1e19, 1e20, 1e21, 1e22):
+        n_opt = G * (C / 6) ** (surf["beta"] / (surf["alpha"] + surf["beta"]))
+        for N in 3 * n_opt * np.geomspace(1 / 16, 16, 13):
+            rows.append({"N": N, "C": C, "budget": C, "loss": chinchilla_loss(N, C / (6 * N), **surf)})
+    path = tmp_path / "iso.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    by = {}
+    for optimum in ("parabola", "robust"):
+        res = _run_json(capsys, [str(path), "--approach", "2", "--optimum", optimum])
+        by[optimum] = next(d for d in res["diagnostics"] if d["code"] == "approach2_bias")
+    assert by["parabola"]["severity"] == "warning" and "bias" in by["parabola"]["message"]
+    assert by["robust"]["severity"] == "info"
+    assert abs(by["robust"]["detail"]["a_bias"]) < abs(by["parabola"]["detail"]["a_bias"])
