@@ -1,4 +1,5 @@
-# scalekit: `make demo` runs the main job, `make test` the test suite. Both install what they need first.
+# scalekit: `make demo` runs the main job, `make test` the test suite, `make lab` opens the notebooks in JupyterLab.
+# Each installs what it needs first.
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON_BIN := $(VENV)/bin/python
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install test test-fast demo train bench clean
+.PHONY: install test test-fast demo train bench lab clean
 
 install: $(STAMP)
 
@@ -34,6 +35,22 @@ bench: install
 	$(PYTHON_BIN) benchmarks/bench_train.py
 	$(PYTHON_BIN) benchmarks/bench_fit.py --quick
 	$(PYTHON_BIN) benchmarks/bench_checkpoint.py
+
+# JupyterLab on the repository with the jupytext percent files (notebooks/*.py) opening as notebooks on a double
+# click: the `lab` extra, and jupytext's default-viewer setting written inside the venv (not in ~/.jupyter).
+# Edits save back to the .py files. LAB_ARGS passes options, e.g. make lab LAB_ARGS="--no-browser --port 8899".
+LAB_STAMP := $(VENV)/.lab-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+LAB_SETTINGS := $(VENV)/etc/jupyter/labconfig/default_setting_overrides.json
+LAB_ARGS ?=
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)   # Jupyter refuses root without it (containers)
+
+$(LAB_STAMP): $(STAMP)
+	$(PYTHON_BIN) -m pip install -q --disable-pip-version-check -e '.[dev,lab]'
+	$(VENV)/bin/jupytext-config --settings-file $(LAB_SETTINGS) set-default-viewer python
+	@rm -f $(VENV)/.lab-*; touch $@
+
+lab: $(LAB_STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --ServerApp.default_url=/lab/tree/notebooks $(LAB_ROOT) $(LAB_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

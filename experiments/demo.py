@@ -9,8 +9,10 @@
    trains what is missing.
 2. Fits approaches 1, 2 and 3 of Chinchilla with bootstrap intervals, checks the law by fitting the cheaper runs
    and predicting the largest budget, and compares the fitted irreducible loss with the language's true floor.
+   Then the law comparison (scalekit.laws.compare): every law form x fit objective (and approach 2's optima)
+   fitted below the largest budget, ranked by its error on the held-out runs of the largest; the table is printed.
 3. Writes runs/demo/report/{report.html, fits.json, *.png} and prints the compute-optimal N and D for budgets
-   10x, 100x and 1000x the largest one.
+   10x, 100x and 1000x the largest one, from the comparison's winner refitted on every run.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+REPORT_VERSION = 2          # bumped when the report changes, so that a rerun rewrites a report an older demo wrote
 
 
 def _environment(workdir: Path) -> None:
@@ -118,17 +121,23 @@ def report(workdir: Path, bootstrap: int, refit: bool, t0: float) -> Path:
     stamp = out / "inputs.json"
     if not refit and (out / "report.html").exists() and stamp.exists():
         saved = json.loads(stamp.read_text())
-        if saved.get("digest") == digest and saved.get("bootstrap") == bootstrap:
+        if (saved.get("digest") == digest and saved.get("bootstrap") == bootstrap
+                and saved.get("version") == REPORT_VERSION):
             _say(t0, f"fits: the report in {out} is up to date with these {len(results)} runs (--refit to redo)")
             print(saved["summary"])
             return out / "report.html"
     _say(t0, f"fitting {len(results)} runs: approach 3 (4,500 starts + {bootstrap} bootstrap refits), "
-             "approach 2 (IsoFLOP parabolas), approach 1 (training-curve envelope), extrapolation check")
+             "approach 2 (IsoFLOP parabolas), approach 1 (training-curve envelope), extrapolation check, "
+             "law comparison (every form x objective x approach, largest budget held out)")
     from scalekit.analysis.report import write_report
 
     rep = write_report(results, out, bootstrap=bootstrap)
-    summary = rep.fits.summary(allocations=False) + "\n\n" + rep.fits.recommendation()
-    stamp.write_text(json.dumps({"digest": digest, "bootstrap": bootstrap, "summary": summary}))
+    summary = rep.fits.summary(allocations=False)
+    if rep.fits.comparison is not None:
+        summary += "\n\n" + rep.fits.comparison.summary()
+    summary += "\n\n" + rep.fits.recommendation()
+    stamp.write_text(json.dumps({"digest": digest, "bootstrap": bootstrap, "version": REPORT_VERSION,
+                                 "summary": summary}))
     _say(t0, f"wrote {rep.html}, {rep.json.name} and {len(rep.pngs)} plots")
     print(summary)
     return rep.html

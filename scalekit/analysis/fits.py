@@ -1,4 +1,5 @@
-"""Every fit a report needs, in one object: approaches 1, 2 and 3, the extrapolation check, how far the approaches
+"""Every fit a report needs, in one object: approaches 1, 2 and 3, the extrapolation check, the law comparison (every
+form x objective x approach fitted below the top budget and ranked by its error there), how far the approaches
 agree, the fitted E against the data's known floor, and the compute-optimal N and D at larger budgets.
 
     from scalekit.analysis import load_sweep, fit_sweep
@@ -7,6 +8,8 @@ agree, the fitted E against the data's known floor, and the compute-optimal N an
     print(fits.summary()); fits.to_dict()
 
 A failing approach (too few budgets, no training curves) is recorded in `errors` with its reason; the others go on.
+The allocation `recommendation()` prints comes from the comparison's winner, refitted on every run, when the
+comparison ran.
 Library warnings (a parabola opening downward, a vertex outside the sampled sizes, ...) are kept in `warnings`.
 """
 
@@ -22,6 +25,7 @@ from scalekit.analysis.style import human
 from scalekit.analysis.sweepdata import CONVENTIONS, SweepResults
 from scalekit.laws import (AllocationFit, ExtrapolationReport, LawFit, ScalingLawWarning, extrapolation_check,
                            fit_envelope, fit_isoflop, fit_law)
+from scalekit.laws.compare import LawComparison, compare_laws
 from scalekit.laws.render import fmt, jsonable
 
 MULTIPLES = (10.0, 100.0, 1000.0)
@@ -34,11 +38,13 @@ class SweepFits:
 
     results: SweepResults
     approaches: dict[int, AllocationFit | LawFit] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)   # "1", "2", "3", FLOOR_LABEL, "extrapolation" -> why
+    errors: dict[str, str] = field(default_factory=dict)   # "1", "2", "3", FLOOR_LABEL, "extrapolation",
+    #                                                          "compare" -> why
     extrapolation: ExtrapolationReport | None = None
     extrapolation_optimum: dict | None = None       # approach 2 below the threshold, N_opt at the held-out budget
     extrapolation_floor: ExtrapolationReport | None = None  # the same check with E pinned to the known floor
     law_floor: LawFit | None = None                 # approach 3 with E fixed to the known floor (when there is one)
+    comparison: LawComparison | None = None         # every form x objective x approach, top budget held out
     targets: np.ndarray = field(default_factory=lambda: np.array([]))
     level: float = 0.95
     bootstrap: int = 0
@@ -52,6 +58,31 @@ class SweepFits:
     @property
     def isoflop(self) -> AllocationFit | None:
         return self.approaches.get(2)  # type: ignore[return-value]
+
+    @property
+    def winner_fit(self) -> AllocationFit | LawFit | None:
+        """The law comparison's winner refitted on every run (None when the comparison did not run)."""
+        return self.comparison.winner_fit if self.comparison is not None else None
+
+    def winner_allocations(self) -> list[dict]:
+        """Compute-optimal N, D and loss at the target budgets under the comparison's winner (empty without one)."""
+        f = self.winner_fit
+        if f is None:
+            return []
+        if not len(self.targets):
+            return []
+        try:                            # one call over every target (numeric optima for laws without a closed form)
+            al = f.compute_optimal(np.asarray(self.targets, np.float64)).to_dict()
+        except ValueError:              # a law without an optimum in range at these budgets
+            return []
+        rows = []
+        for i in range(len(self.targets)):
+            d = {k: (v[i] if isinstance(v, list) else v) for k, v in al.items() if k != "intervals"}
+            d["intervals"] = {k: [v[0][i], v[1][i]] for k, v in al["intervals"].items()}
+            if d.get("loss") is None and 3 in self.approaches:
+                d["loss_under_approach3"] = float(self.approaches[3].predict(N=d["N_opt"], D=d["D_opt"]))
+            rows.append(d)
+        return rows
 
     def models(self) -> dict[str, AllocationFit | LawFit]:
         """Every fitted model by label: '1', '2', '3' (the approaches) and '3, E = floor' (E fixed to the floor)."""
@@ -145,6 +176,9 @@ class SweepFits:
             "targets": list(map(float, self.targets)),
             "approach3_known_floor": self.law_floor.to_dict() if self.law_floor is not None else None,
             "compute_optimal": self.allocations(),
+            "comparison": self.comparison.to_dict() if self.comparison is not None else None,
+            "compute_optimal_winner": ({"law": self.comparison.describe_winner(), "allocations":
+                                        self.winner_allocations()} if self.winner_fit is not None else None),
             "warnings": self.warnings, "notes": r.notes,
         })
 
@@ -170,28 +204,44 @@ class SweepFits:
         if self.extrapolation_floor is not None:
             lines.append(f"  with E fixed to the known floor: mean |rel. error| "
                          f"{self.extrapolation_floor.mean_abs_rel_error:.3%}")
+        if self.comparison is not None:
+            c = self.comparison
+            lines.append(f"law comparison ({len(c.rows)} form x objective x approach fits, top budget held out): "
+                         f"winner {c.describe_winner()}")
+        elif "compare" in self.errors:
+            lines.append(f"law comparison: not run ({self.errors['compare']})")
         if allocations:
             lines.append(allocation_text(self))
         return "\n".join(lines)
 
     def recommendation(self) -> str:
-        """What to train next: the compute-optimal model and token count at the target budgets, from the most
-        trustworthy fit available (approach 3 with E fixed to a known floor, else approach 3, else approach 2)."""
+        """What to train next: the compute-optimal model and token count at the target budgets, from the law
+        comparison's winner (refitted on every run) when the comparison ran, else from the most trustworthy single
+        fit (approach 3 with E fixed to a known floor, else approach 3, else approach 2)."""
+        pct = int(round(self.level * 100))
+        if self.winner_fit is not None and len(self.targets):
+            c = self.comparison
+            lines = [f"compute-optimal allocation (law-comparison winner, top budget held out: {c.describe_winner()}; "
+                     f"refitted on all {len(self.results)} runs; {pct}% bootstrap intervals; C = 6 N D):"]
+            lines += [self._allocation_line(d) for d in self.winner_allocations()]
+            return "\n".join(lines)
         models = self.models()
         key = next((k for k in (FLOOR_LABEL, "3", "2") if k in models), None)
         if key is None or not len(self.targets):
             return "no fit to recommend from"
-        pct = int(round(self.level * 100))
         lines = [f"compute-optimal allocation (approach {key}; {pct}% bootstrap intervals; C = 6 N D):"]
-        for d in self.allocations()[key]:
-            iv = d["intervals"]
-            n_iv = f" [{human(iv['N_opt'][0])}, {human(iv['N_opt'][1])}]" if "N_opt" in iv else ""
-            d_iv = f" [{human(iv['D_opt'][0])}, {human(iv['D_opt'][1])}]" if "D_opt" in iv else ""
-            loss = d.get("loss") if d.get("loss") is not None else d.get("loss_under_approach3")
-            lines.append(f"  C = {d['C']:.0e} FLOPs ({d['C'] / self.targets[0] * 10:g}x the largest budget): "
-                         f"N = {human(d['N_opt'])} params{n_iv}, D = {human(d['D_opt'])} tokens{d_iv}, "
-                         f"{d['tokens_per_param']:.0f} tokens/param" + (f", loss {loss:.4f}" if loss else ""))
+        lines += [self._allocation_line(d) for d in self.allocations()[key]]
         return "\n".join(lines)
+
+    def _allocation_line(self, d: dict) -> str:
+        iv = d["intervals"]
+        n_iv = f" [{human(iv['N_opt'][0])}, {human(iv['N_opt'][1])}]" if "N_opt" in iv else ""
+        d_iv = f" [{human(iv['D_opt'][0])}, {human(iv['D_opt'][1])}]" if "D_opt" in iv else ""
+        loss = d.get("loss") if d.get("loss") is not None else d.get("loss_under_approach3")
+        l_iv = f" [{iv['loss'][0]:.4f}, {iv['loss'][1]:.4f}]" if loss and "loss" in iv else ""
+        return (f"  C = {d['C']:.0e} FLOPs ({d['C'] / self.targets[0] * 10:g}x the largest budget): "
+                f"N = {human(d['N_opt'])} params{n_iv}, D = {human(d['D_opt'])} tokens{d_iv}, "
+                f"{d['tokens_per_param']:.0f} tokens/param" + (f", loss {loss:.4f}{l_iv}" if loss else ""))
 
     def __str__(self) -> str:
         return self.summary()
@@ -216,6 +266,8 @@ class SweepFits:
                 parts.append(f"<p>{html.escape(text)}</p>")
         if self.extrapolation is not None:
             parts.append(self.extrapolation._repr_html_())
+        if self.comparison is not None:
+            parts.append(self.comparison._repr_html_())
         parts.append(f"<pre>{html.escape(allocation_text(self))}</pre>")
         return "\n".join(parts)
 
@@ -293,9 +345,12 @@ def _isoflop(data, bootstrap: int, seed: int, level: float) -> AllocationFit:
 
 
 def fit_sweep(results: SweepResults, *, bootstrap: int = 200, level: float = 0.95, seed: int = 0,
-              multiples: tuple[float, ...] = MULTIPLES, grid=None, extrapolate: bool = True) -> SweepFits:
-    """Fit approaches 3, 2 and 1, run the extrapolation check, and set the target budgets (multiples of the
-    largest C in the sweep). `grid` (approach 3's starting grid) defaults to Chinchilla's 4,500 starts."""
+              multiples: tuple[float, ...] = MULTIPLES, grid=None, extrapolate: bool = True, compare: bool = True,
+              compare_kw: dict | None = None) -> SweepFits:
+    """Fit approaches 3, 2 and 1, run the extrapolation check and the law comparison (`compare_laws` with the top
+    budget held out; `compare_kw` overrides its arguments, e.g. {"objectives": ("huber_log",)}), and set the
+    target budgets (multiples of the largest C in the sweep). `grid` (approach 3's starting grid) defaults to
+    Chinchilla's 4,500 starts."""
     out = SweepFits(results, level=level, bootstrap=bootstrap)
     caught: list[str] = []
 
@@ -334,6 +389,13 @@ def fit_sweep(results: SweepResults, *, bootstrap: int = 200, level: float = 0.9
                                                                   fixed={"e": float(np.log(results.floor))})
                 except ValueError:
                     pass
+        if compare:
+            kw = {"holdout": "top", "bootstrap": bootstrap, "level": level, "seed": seed, "floor": results.floor,
+                  "grid": grid, **(compare_kw or {})}
+            try:
+                out.comparison = compare_laws(data, **kw)
+            except ValueError as err:
+                out.errors["compare"] = f"{type(err).__name__}: {err}"
     out.warnings = list(dict.fromkeys(caught))
     cmax = float(np.max(results.budgets if results.budgets is not None else results.C))
     out.targets = np.array([cmax * m for m in multiples])

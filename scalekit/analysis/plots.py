@@ -232,6 +232,41 @@ def plot_extrapolation(report, ax=None, pinned=None, floor: float | None = None)
     return fig
 
 
+def plot_comparison(comparison, ax=None):
+    """The law comparison's winner, fitted below the held-out budget, against the held-out runs: loss against N
+    along each held-out budget with the winner's prediction band and the observed runs
+    (`scalekit.laws.compare.LawComparison.plot`)."""
+    fig, ax = get_axes(ax, (6.4, 4.4))
+    comparison.plot(ax=ax)
+    return fig
+
+
+def plot_comparison_errors(comparison, ax=None):
+    """Held-out mean |relative error| of every row of the law comparison (log scale), best first; failed fits are
+    left out, approach-2 rows (error on the held-out budget's optimal loss) are hatched."""
+    fig, ax = get_axes(ax, (6.4, 0.9 + 0.28 * max(len(comparison.rows), 1)))
+    key = comparison.score_name
+    rows = [r for r in comparison.rows if r["error"] is None and r[key] is not None]
+    labels = [f"{r['form']} / {r['objective']}" for r in rows][::-1]
+    vals = [r[key] for r in rows][::-1]
+    win = comparison.winner
+    colors = [ROLE["approach3"] if r["approach"] == 3 else ROLE["approach2"] for r in rows][::-1]
+    bars = ax.barh(labels, vals, color=colors, alpha=0.85)
+    for bar, r in zip(bars, rows[::-1]):
+        if r["approach"] == 2:
+            bar.set_hatch("//")
+        if r is win:
+            bar.set_edgecolor("black")
+            bar.set_linewidth(1.5)
+    ax.set_xscale("log")
+    ax.grid(True, axis="x", which="both", alpha=0.25)
+    ax.set_xlabel("held-out mean |relative error| of the loss" if key.startswith("heldout") else
+                  "leave-one-budget-out mean |relative error|")
+    ax.tick_params(axis="y", labelsize=7.5)
+    ax.set_title("Law comparison (outlined: the winner; hatched: approach 2, error on L_opt)", fontsize=9)
+    return fig
+
+
 def plot_training_curves(results: SweepResults, ax=None, x: str = "D"):
     """Eval-loss curves of every run against tokens (x='D') or compute (x='C'), coloured by model size."""
     fig, ax = get_axes(ax, (6.6, 4.4))
@@ -286,4 +321,5 @@ def plot_coverage(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], fits: Map
 
 
 __all__ = ["plot_isoflop", "plot_loss_vs_compute", "plot_optimal_allocation", "plot_loss_surface",
-           "plot_residuals", "plot_extrapolation", "plot_training_curves", "plot_coverage", "human"]
+           "plot_residuals", "plot_extrapolation", "plot_comparison", "plot_comparison_errors", "plot_training_curves",
+           "plot_coverage", "human"]

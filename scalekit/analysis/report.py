@@ -1,8 +1,10 @@
 """`write_report`: a self-contained HTML report of a sweep (plots embedded as base64 PNGs), the PNGs, and fits.json.
 
 The report says what was run, the fitted laws with intervals under each approach, how far the approaches agree, the
-fitted E against the data's known floor, the extrapolation check (fit the cheaper runs, predict the largest budget)
-and the compute-optimal model and token count at 10x, 100x and 1000x the largest budget.
+fitted E against the data's known floor, the extrapolation check (fit the cheaper runs, predict the largest budget),
+the law comparison (every form x objective x approach ranked by its error on the held-out top budget) and the
+compute-optimal model and token count at 10x, 100x and 1000x the largest budget (from the comparison's winner, and
+under each approach).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ FIGURES = (("isoflop", "IsoFLOP profiles with their fitted parabolas; stars mark
            ("loss_surface", "The fitted L(N, D) as contours with the runs on it."),
            ("residuals", "Residuals of the approach-3 fit."),
            ("extrapolation", "The extrapolation check: the law fitted on the cheaper runs predicts the held-out ones."),
+           ("comparison", "The law comparison's winner, fitted on every budget but the largest, against the runs of "
+                          "the largest (held out), with its prediction band."),
+           ("comparison_errors", "Held-out error of every law x objective x approach of the comparison."),
            ("training_curves", "Training (eval-loss) curves coloured by model size."))
 
 
@@ -64,6 +69,10 @@ def make_figures(fits: SweepFits) -> dict[str, "plt.Figure"]:
     if fits.extrapolation is not None:
         figs["extrapolation"] = plots.plot_extrapolation(fits.extrapolation, pinned=fits.extrapolation_floor,
                                                          floor=r.floor)
+    c = fits.comparison
+    if c is not None and c.winner is not None:
+        figs["comparison"] = plots.plot_comparison(c)
+        figs["comparison_errors"] = plots.plot_comparison_errors(c)
     if not r.curves().empty:
         figs["training_curves"] = plots.plot_training_curves(r)
     return figs
@@ -209,8 +218,42 @@ def _extrapolation_section(fits: SweepFits) -> str:
     return "\n".join(out)
 
 
+def _comparison_section(fits: SweepFits) -> str:
+    c = fits.comparison
+    if c is None:
+        why = fits.errors.get("compare", "not run")
+        return f"<p class=bad>not run: {html.escape(why)}</p>"
+    w = c.winner
+    out = [f"<p>Every law form crossed with every fit objective (approach 3), and approach 2's IsoFLOP optima, "
+           f"fitted on the runs below the largest budget and ranked by their mean |relative error| on the "
+           f"held-out runs of the largest. Prediction intervals: {html.escape(_interval_method(c))}.</p>"]
+    if w is not None:
+        err = w[c.score_name]
+        out.append(f"<p class={'ok' if err < 0.01 else 'bad'}>Winner: {html.escape(c.describe_winner())}"
+                   + (f"; {round(c.level * 100):g}% prediction intervals cover {w['n_covered']} of the "
+                      f"{w['n_heldout']} held-out runs" if w.get("coverage") is not None else "")
+                   + ". The allocation below uses it, refitted on every run.</p>")
+    out.append(c.html_table())
+    out += [f"<p class=note>{html.escape(n)}</p>" for n in c.notes]
+    return "\n".join(out)
+
+
+def _interval_method(c) -> str:
+    if not c.bootstrap:
+        return "none (bootstrap = 0)"
+    return (f"percentiles of {c.bootstrap} bootstrap refits' predictions, each times exp(r*) with r* drawn from "
+            "the fit's in-sample log residuals (inflated by sqrt(n/(n-p)))")
+
+
 def _allocation_section(fits: SweepFits) -> str:
     rows = []
+    if fits.winner_fit is not None:
+        label = f"law-comparison winner: {fits.comparison.winner['form']} / {fits.comparison.winner['objective']}"
+        for d in fits.winner_allocations():
+            loss = d.get("loss") if d.get("loss") is not None else d.get("loss_under_approach3")
+            rows.append((label, fmt(d["C"]), fmt(d["N_opt"]), _iv(d["intervals"].get("N_opt")),
+                         fmt(d["D_opt"]), _iv(d["intervals"].get("D_opt")), f"{d['tokens_per_param']:.1f}",
+                         f"{loss:.4f}" if loss is not None else ""))
     for k, allocs in fits.allocations().items():
         for d in allocs:
             loss = d.get("loss") if d.get("loss") is not None else d.get("loss_under_approach3")
@@ -218,7 +261,8 @@ def _allocation_section(fits: SweepFits) -> str:
                          fmt(d["D_opt"]), _iv(d["intervals"].get("D_opt")), f"{d['tokens_per_param']:.1f}",
                          f"{loss:.4f}" if loss is not None else ""))
     mult = ", ".join(f"{t / fits.targets[0] * 10:g}x" for t in fits.targets) if len(fits.targets) else ""
-    text = f"<p>Budgets {mult} the largest in the sweep; C = 6 N D. Loss: approach 3's prediction.</p>"
+    text = (f"<p>Budgets {mult} the largest in the sweep; C = 6 N D. Loss: the winner's prediction on its row, "
+            "approach 3's on the others.</p>")
     floor = fits.results.floor
     below = [r for r in rows if floor is not None and r[-1] and float(r[-1]) < floor]
     if below:
@@ -247,6 +291,7 @@ def render_html(fits: SweepFits, images: dict[str, bytes], title: str = "scaleki
              "<h2 id=fits>Fitted laws</h2>", _approach_section(fits),
              "<h2 id=agreement>How far the approaches agree</h2>", _agreement_section(fits),
              "<h2 id=extrapolation>Extrapolation check</h2>", _extrapolation_section(fits),
+             "<h2 id=comparison>Law comparison</h2>", _comparison_section(fits),
              "<h2 id=allocation>Compute-optimal allocation at larger budgets</h2>", _allocation_section(fits),
              "<h2 id=figures>Figures</h2>", *figs]
     if warn:

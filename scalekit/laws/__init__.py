@@ -12,6 +12,7 @@ resample) of a fit in one jitted batched L-BFGS.
 
 from scalekit.laws.allocate import (Allocation, chinchilla_optimal, numeric_optimal, optimal_exponents,
                                     power_optimal)
+from scalekit.laws.compare import LawComparison, compare_laws
 from scalekit.laws.coverage import coverage_curve, fit_coverage, log_spaced_ks, pass_at_k
 from scalekit.laws.data import ScalingData, load_table
 from scalekit.laws.errors import (DroppedPointsWarning, InvalidDataError, NotConvergedWarning,
@@ -29,7 +30,7 @@ from scalekit.laws.lbfgs import STATUS, LBFGSOptions, minimize_batch
 from scalekit.laws.results import LawFit
 
 __all__ = [
-    "Allocation", "AllocationFit", "CHINCHILLA_BUDGETS", "CHINCHILLA_GRID_VALUES", "DATABLATIONS_PUBLISHED",
+    "Allocation", "AllocationFit", "LawComparison", "compare_laws", "CHINCHILLA_BUDGETS", "CHINCHILLA_GRID_VALUES", "DATABLATIONS_PUBLISHED",
     "DEFAULT_DELTA", "Diagnostic", "DiagnosticWarning", "OBJECTIVES", "SOLVERS", "diagnose_isoflop",
     "diagnose_law", "DroppedPointsWarning", "ExtrapolationReport", "InvalidDataError", "LAWS", "LBFGSOptions",
     "Law", "LawFit", "NotConvergedWarning", "ParabolaOpensDownwardWarning", "STATUS", "ScalingData",

@@ -92,8 +92,9 @@ class Law:
         """(F, K) features the law is written in: log inputs, through the law's feature map when it has one."""
         feats = np.stack([np.log(np.asarray(inputs[k], np.float64)) for k in self.inputs])
         if self.feature_scale is not None:
-            feats = (np.asarray(self.feature_scale)[:, None] * feats
-                     + np.asarray(self.feature_offset or (0.0,) * len(self.inputs))[:, None])
+            shape = (-1,) + (1,) * (feats.ndim - 1)
+            feats = (np.asarray(self.feature_scale).reshape(shape) * feats
+                     + np.asarray(self.feature_offset or (0.0,) * len(self.inputs)).reshape(shape))
         return feats
 
     def log_predict_np(self, theta: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:

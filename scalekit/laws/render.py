@@ -33,7 +33,7 @@ def param_rows(params: dict[str, float], intervals: dict[str, tuple[float, float
 
 
 def text_table(rows: Iterable[tuple[str, ...]], header: tuple[str, ...]) -> str:
-    rows = [header] + [tuple(r)[: len(header)] for r in rows]
+    rows = [header] + [(tuple(r) + ("",) * len(header))[: len(header)] for r in rows]   # short rows padded
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -20,7 +20,7 @@ TRUTH = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 BUDGETS = (1e18, 3e18, 1e19, 3e19)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = {"isoflop", "loss_vs_compute", "optimal_allocation", "loss_surface", "residuals", "extrapolation",
-           "training_curves"}
+           "comparison", "comparison_errors", "training_curves"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_report_embeds_every_plot_and_writes_the_pngs(report) -> None:
     assert len(re.findall(r"src='data:image/png;base64,", html)) == len(FIGURES)
     assert "<script" not in html and "http://" not in html and "https://" not in html  # self-contained
     for section in ("What was run", "Fitted laws", "How far the approaches agree", "Extrapolation check",
-                    "Compute-optimal allocation at larger budgets"):
+                    "Law comparison", "Compute-optimal allocation at larger budgets"):
         assert section in html
 
 
@@ -107,3 +107,30 @@ def test_report_extrapolation_check_holds_out_the_largest_budget(report) -> None
 def test_report_cli_refuses_a_missing_sweep(tmp_path: Path, capsys) -> None:
     assert report_main([str(tmp_path / "nowhere")]) == 2
     assert "no sweep results" in capsys.readouterr().err
+
+
+def test_report_law_comparison_ranks_laws_on_the_held_out_budget_and_the_allocation_uses_the_winner(report) -> None:
+    js, html = report["json"], report["html"]
+    cmp = js["comparison"]
+    assert cmp["holdout"] == "top" and cmp["heldout_budgets"] == [BUDGETS[-1]]
+    rows = cmp["rows"]
+    forms = {r["form"] for r in rows if r["approach"] == 3}
+    assert {"chinchilla", "chinchilla_tied", "kaplan_nd", "gadre"} <= forms
+    assert {r["optimum"] for r in rows if r["approach"] == 2} == {"robust", "parabola"}
+    ok = [r for r in rows if r["error"] is None and r["approach"] == 3]
+    best = min(ok, key=lambda r: r["heldout_mean_abs_rel_err"])
+    assert cmp["winner"].startswith(f"{best['form']} / {best['objective']}")
+    assert best["heldout_mean_abs_rel_err"] < 0.01                       # a true law with 0.2% noise
+    # the same held-out split as the extrapolation check: its Chinchilla / huber_log row is that check's error
+    chin = next(r for r in ok if r["form"] == "chinchilla" and r["objective"] == "huber_log")
+    assert chin["heldout_mean_abs_rel_err"] == pytest.approx(js["extrapolation"]["mean_abs_rel_error"], rel=1e-6)
+    assert "<h2 id=comparison>Law comparison</h2>" in html and cmp["winner"].split(" (")[0] in html
+    assert f"{best['heldout_mean_abs_rel_err']:.2%}" in html
+    # the allocation at larger budgets comes from the winner refitted on every run
+    win = js["compute_optimal_winner"]
+    assert win["law"] == cmp["winner"] and len(win["allocations"]) == 3
+    assert cmp["winner_fit"]["n_points"] == 20
+    assert "law-comparison winner" in html
+    for a in win["allocations"]:
+        lo, hi = a["intervals"]["N_opt"]
+        assert lo <= a["N_opt"] <= hi
