@@ -161,6 +161,12 @@ def _run(args, caught: list[str]) -> int:
         fit_kw, cli_notes = _check(args)
         df, defaults, notes = _load_frame(Path(args.data), args)
         notes += cli_notes
+        if fit_kw and args.floor is None and Path(args.data).is_dir():
+            floor = _known_floor(Path(args.data))
+            if floor is not None:
+                fit_kw["floor"] = floor
+                notes.append(f"known loss floor {floor:.4f} nats/token (the sweep's synthetic language) used by "
+                             "the diagnostics; --floor overrides it")
         law_name = _law_name(args)
         result: dict = {"data": str(args.data), "law": law_name, "approach": args.approach}
         if law_name == "coverage":
@@ -214,6 +220,16 @@ def _run(args, caught: list[str]) -> int:
         return _emit(args, result, notes, text, caught)
     except (CliError, InvalidDataError, ValueError, FileNotFoundError, KeyError) as err:
         return _error(args.json, err)
+
+
+def _known_floor(sweep_dir: Path) -> float | None:
+    """The loss floor a sweep's data source knows (synthetic languages), or None."""
+    try:
+        from scalekit.analysis.sweepdata import load_sweep
+
+        return load_sweep(sweep_dir).floor
+    except (ImportError, ValueError, OSError):
+        return None
 
 
 def _compare(data, args):

@@ -164,6 +164,11 @@ def group_budgets(C: np.ndarray, budgets=None, max_log10_distance: float | None 
     return out
 
 
+def budgets_of(data) -> np.ndarray:
+    """The budget of each run: the `budget` column when there is one, else clusters of C (`group_budgets`)."""
+    return np.asarray(data["budget"] if data.has("budget") else group_budgets(data["C"]), np.float64)
+
+
 _weighted_parabola = weighted_parabola          # the old private name
 
 
