@@ -126,7 +126,7 @@ def report(workdir: Path, bootstrap: int, refit: bool, t0: float) -> Path:
             _say(t0, f"fits: the report in {out} is up to date with these {len(results)} runs (--refit to redo)")
             print(saved["summary"])
             return out / "report.html"
-    _say(t0, f"fitting {len(results)} runs: approach 3 (4,500 starts + {bootstrap} bootstrap refits), "
+    _say(t0, f"fitting {len(results)} runs: approach 3 (variable projection + {bootstrap} bootstrap refits), "
              "approach 2 (IsoFLOP parabolas), approach 1 (training-curve envelope), extrapolation check, "
              "law comparison (every form x objective x approach, largest budget held out)")
     from scalekit.analysis.report import write_report

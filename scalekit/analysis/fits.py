@@ -367,7 +367,8 @@ def fit_sweep(results: SweepResults, *, bootstrap: int = 200, level: float = 0.9
                                         fixed={"e": float(np.log(results.floor))})
             except ValueError as err:
                 out.errors[FLOOR_LABEL] = f"{type(err).__name__}: {err}"
-        steps = [(3, lambda: fit_law(data, "chinchilla", grid=grid, bootstrap=bootstrap, seed=seed, level=level)),
+        steps = [(3, lambda: fit_law(data, "chinchilla", grid=grid, bootstrap=bootstrap, seed=seed, level=level,
+                                     floor=results.floor)),
                  (2, lambda: _isoflop(data, bootstrap, seed, level)),
                  (1, lambda: _envelope(results, bootstrap, seed, level))]
         for k, fn in steps:
@@ -375,6 +376,10 @@ def fit_sweep(results: SweepResults, *, bootstrap: int = 200, level: float = 0.9
                 out.approaches[k] = fn()
             except (ValueError, np.linalg.LinAlgError) as err:
                 out.errors[str(k)] = f"{type(err).__name__}: {err}"
+        if 2 in out.approaches:        # approach 2's bias on this grid, simulated on approach 3's surface
+            from scalekit.laws.diagnostics import attach_isoflop_diagnostics
+
+            attach_isoflop_diagnostics(out.approaches[2], data, surface=out.approaches.get(3))
         split = holdout_split(results) if extrapolate else None
         if split is not None:
             thr, above = split

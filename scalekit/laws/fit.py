@@ -6,10 +6,13 @@ Solvers (`solver=`):
 - "vpnls": variable projection (`scalekit.laws.vpnls`) for laws that are sums of power terms: the coefficients
   are solved exactly for every cell of a grid over the exponents, and the best cells are refined by the same
   L-BFGS on all parameters.
-- "auto" (default): vpnls where the law is separable and nothing it needs is tied or bounded, else lbfgs (and
-  lbfgs whenever a starting grid is given). On every
-  dataset of ../shared/data vpnls reaches the 4,500-start objective or a lower one, for every objective, and is
-  10-40x faster (benchmarks/bench_fit.py); the L-BFGS grid stays the reference and the fallback.
+- "auto" (default): vpnls for every objective where the law is a sum of power terms (Chinchilla, tied, Gadre, the
+  single-variable power laws, coverage) and its coefficients are neither tied nor bounded; lbfgs otherwise (Kaplan
+  L(N, D), data-constrained) and whenever a starting grid is given. Why: on every loss table in ../shared/data
+  (Epoch's Chinchilla points, the eight Open-Athena sweeps, datablations, the coverage curves) and every objective,
+  vpnls reaches the 4,500-start L-BFGS objective to 1e-14 relative, and on epoch_chinchilla it is 17x (huber_log),
+  39x (lsq_log), 33x (lsq) and 61x (huber) faster warm (`benchmarks/bench_fit.py --solvers-only`). The L-BFGS
+  grid stays the reference, the fallback, and the solver of every bootstrap refit (warm-started at the fit).
 
 Bootstrap resamples run as one lane per resample with multinomial weights on the points, warm-started at the fit.
 Everything runs in float64 inside `jax.enable_x64(True)`, scoped to these calls.

@@ -171,6 +171,8 @@ class LawFit:
                  f"solver: {self.solver}",
                  f"starts converged: {self.n_converged}/{self.n_starts}"
                  + ("" if self.converged else "  (the best start did NOT converge)")]
+        if self.law.convention:
+            lines.append(f"convention: {self.law.convention}")
         if self.fixed:
             lines.append("fixed: " + ", ".join(f"{k}={v:g}" for k, v in self.fixed.items()))
         if self.ties:
