@@ -323,14 +323,6 @@ COLUMNS = {"N": "params", "D": "tokens", "loss": "loss", "budget": "budget"}
 
 
 @pytest.fixture(scope="module")
-def shared_data() -> Path:
-    """../shared/data next to the repository, read in place."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"reference data not found at {SHARED_DATA} (a user's clone has no ../shared)")
-    return SHARED_DATA
-
-
-@pytest.fixture(scope="module")
 def isoflops(shared_data) -> pd.DataFrame:
     path = shared_data / "open_athena_isoflops" / "isoflops.csv"
     if not path.exists():

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scalekit.laws import OBJECTIVES, ScalingData, bootstrap_fit, fit_law, get_law
+from scalekit.laws import OBJECTIVES, ScalingData, fit_law
 from scalekit.laws.diagnostics import DiagnosticWarning
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

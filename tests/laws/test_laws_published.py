@@ -29,14 +29,6 @@ def epoch_points(shared_data) -> ScalingData:
 
 
 @pytest.fixture(scope="module")
-def shared_data() -> Path:
-    """../shared/data next to the repository, read in place."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"reference data not found at {SHARED_DATA} (a user's clone has no ../shared)")
-    return SHARED_DATA
-
-
-@pytest.fixture(scope="module")
 def grid_fit(epoch_points):
     return fit_law(epoch_points, "chinchilla", solver="lbfgs")   # the replication's recipe: the 4,500-start grid
 
