@@ -32,6 +32,7 @@ GRID_LO, GRID_HI = 0.01, 3.0
 CELLS_PER_AXIS = {1: 256, 2: 32, 3: 12}
 N_REFINE = 16
 GAUSS_NEWTON_STEPS = 6
+CELL_BUDGET = 1 << 21        # cells x points evaluated per call of the grid program (memory bound)
 LOG_FLOOR = -40.0            # log of a coefficient NNLS set to zero (exp(-40) ~ 4e-18 of the centred scale)
 
 
@@ -175,11 +176,9 @@ def vpnls_starts(problem: Problem, delta: float | None, n_refine: int = N_REFINE
     m = len(free_terms) + int(const_free)
     program = _grid_program(m, const_free, problem.space, True)    # delta = inf: reweighting is a no-op
     w = pad(np.ones(K))
-    with jax.enable_x64(True):
-        args = [cells, feats_free, pad(problem.logy), w, delta_value(delta), src_of_term, fixed_exp, fixed_e,
-                off_logc, off_feats, off_src, off_exp]
-        coef, value = program(*(jnp.asarray(a) for a in args))
-        coef, value = np.asarray(coef), np.asarray(value)
+    coef, value = _evaluate_cells(program, cells, K_pad, [
+        feats_free, pad(problem.logy), w, delta_value(delta), src_of_term, fixed_exp, fixed_e, off_logc, off_feats,
+        off_src, off_exp])
     picks = _pick_cells(value, [len(a) for a in axes] or [1], n_refine)
     rows = np.tile(fixed_full, (len(picks), 1))
     for r, g in enumerate(picks):
@@ -194,6 +193,23 @@ def vpnls_starts(problem: Problem, delta: float | None, n_refine: int = N_REFINE
     note = (f"vpnls: {len(cells)} exponent cells ({' x '.join(str(len(a)) for a in axes) or 'none'} over "
             f"{', '.join(law.params[i] for i in sources) or 'no free exponent'}), best {len(picks)} refined by L-BFGS")
     return rows @ problem._shift_matrix(+1.0).T, note
+
+
+def _evaluate_cells(program, cells: np.ndarray, n_points: int, args: list) -> tuple[np.ndarray, np.ndarray]:
+    """Every cell through the grid program, in chunks of a fixed size so that memory stays ~CELL_BUDGET numbers
+    per array however many points there are (the last chunk is padded with the first cell and trimmed)."""
+    chunk = max(8, min(len(cells), CELL_BUDGET // max(n_points, 1)))
+    chunk = 1 << (chunk.bit_length() - 1)                          # a power of two: few distinct compiles
+    n = -(-len(cells) // chunk) * chunk
+    padded = np.concatenate([cells, np.repeat(cells[:1], n - len(cells), axis=0)])
+    coefs, values = [], []
+    with jax.enable_x64(True):
+        data = [jnp.asarray(a) for a in args]
+        for start in range(0, n, chunk):
+            c, v = program(jnp.asarray(padded[start:start + chunk]), *data)
+            coefs.append(np.asarray(c))
+            values.append(np.asarray(v))
+    return np.concatenate(coefs)[: len(cells)], np.concatenate(values)[: len(cells)]
 
 
 def _pick_cells(value: np.ndarray, shape: list[int], n: int) -> list[int]:
