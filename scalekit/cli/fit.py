@@ -214,7 +214,7 @@ def _run(args, caught: list[str]) -> int:
             result["extrapolation"] = rep.to_dict()
             text.append(rep.summary())
         if args.compare:
-            cmp = _compare(data, args)
+            cmp = _compare(data, args, fit_kw.get("floor", args.floor))
             result["compare"] = cmp.to_dict()
             text.append(cmp.summary())
         return _emit(args, result, notes, text, caught)
@@ -232,13 +232,13 @@ def _known_floor(sweep_dir: Path) -> float | None:
         return None
 
 
-def _compare(data, args):
+def _compare(data, args, floor):
     try:
         from scalekit.laws.compare import compare_laws
     except ImportError as err:
         raise CliError(f"--compare needs scalekit.laws.compare, which this installation lacks ({err})") from None
     return compare_laws(data, holdout=args.holdout or "top", bootstrap=args.bootstrap, level=args.level,
-                        seed=args.seed, floor=args.floor)
+                        seed=args.seed, floor=floor)
 
 
 def _emit(args, result: dict, notes: list[str], text: list[str], caught: list[str]) -> int:

@@ -61,6 +61,7 @@ from scalekit.laws.isoflop import budgets_of
 from scalekit.laws.objective import OBJECTIVES
 
 DEFAULT_FORMS = ("chinchilla", "chinchilla_tied", "kaplan_nd", "gadre")
+FLOOR_SUFFIX = " (E = floor)"    # a form fitted with its irreducible loss fixed to the known floor of the loss
 APPROACH2_OPTIMA = ("robust", "parabola")
 HOLDOUTS = ("top", "lobo", "both")
 # the objective of the power law L_opt(C) that approach-2 rows fit to their training budgets' vertex losses
@@ -147,10 +148,24 @@ def _exponent_a(fit, c_ref: float) -> float | None:
         return None
 
 
+def law_of(form: str) -> str:
+    """The law name of a form label ("chinchilla (E = floor)" -> "chinchilla")."""
+    return form[: -len(FLOOR_SUFFIX)] if form.endswith(FLOOR_SUFFIX) else form
+
+
+def _default_forms(d: ScalingData, floor: float | None) -> tuple[str, ...]:
+    """The default forms, the data-constrained law when the data have U, and, when the floor of the loss is known,
+    every form with an irreducible term E fitted again with E fixed to it."""
+    forms = DEFAULT_FORMS + (("data_constrained",) if d.has("U") else ())
+    if floor is not None:
+        forms += tuple(f + FLOOR_SUFFIX for f in forms if "e" in get_law(f).params)
+    return forms
+
+
 def _fit3(train: ScalingData, form: str, objective: str, fit_kw: dict):
     from scalekit.laws.fit import fit_law
 
-    fit, msgs = _quiet(lambda: fit_law(train, form, objective=objective, **fit_kw))
+    fit, msgs = _quiet(lambda: fit_law(train, law_of(form), objective=objective, **fit_kw))
     if not fit.converged:
         raise FitFailed(f"none of the {fit.n_starts} starts converged")
     return fit, msgs
@@ -161,7 +176,7 @@ def _grid_for(form: str, grid):
     an array only a law with that many parameters; otherwise the law's own grid (None)."""
     if grid is None or isinstance(grid, str):
         return grid
-    params = get_law(form).params
+    params = get_law(law_of(form)).params
     if isinstance(grid, Mapping):
         kept = {k: v for k, v in grid.items() if k in params}
         return kept or None
@@ -171,6 +186,10 @@ def _grid_for(form: str, grid):
 
 def _fit_kw(form: str, grid, floor) -> dict:
     kw: dict = {"floor": floor} if floor is not None else {}
+    if form.endswith(FLOOR_SUFFIX):
+        if floor is None:
+            raise ValueError(f"form {form!r} fixes E to the floor of the loss: pass floor=")
+        kw["fixed"] = {"e": float(np.log(floor))}
     g = _grid_for(form, grid)
     if g is not None:
         kw["grid"] = g
@@ -199,7 +218,7 @@ def _approach3(row, d, form, objective, top, folds, primary_is_top, fit_kw, boot
                store, tick):
     from scalekit.laws.fit import bootstrap_fit
 
-    law = get_law(form)
+    law = get_law(law_of(form))
     missing = [k for k in law.inputs if not d.has(k)]
     if missing:
         raise InvalidDataError(f"law {law.name!r} needs columns {law.inputs}; missing {missing}")
@@ -389,10 +408,12 @@ def compare_laws(data, *, forms: Sequence[str] | None = None, objectives: Sequen
     """Rank laws by how well they predict held-out runs (see the module docstring).
 
     forms: approach-3 law names (default chinchilla, chinchilla_tied, kaplan_nd, gadre; plus data_constrained
-    when the data have U). objectives: fit objectives (default every one in scalekit.laws.OBJECTIVES).
+    when the data have U; and, when `floor` is given, each of those with an E again with E fixed to the floor,
+    labelled "<law> (E = floor)"). objectives: fit objectives (default every one in scalekit.laws.OBJECTIVES).
     approaches: which of 3 (parametric laws) and 2 (IsoFLOP parabolas, `optima`) to run. holdout: "top", "lobo"
     or "both"; threshold: with "top", train on C <= threshold. bootstrap / level / seed: the prediction intervals
-    of approach-3 rows and the winner's refit. floor: a known loss floor, for the fits' diagnostics. grid: the
+    of approach-3 rows and the winner's refit. floor: a known floor of the loss (e.g. a synthetic language's entropy): for the
+    fits' diagnostics and the "E = floor" forms. grid: the
     starting grid of every approach-3 fit (default: each law's own). refit: refit the winner on all runs (with
     bootstrap) into `winner_fit`. progress: a tqdm bar (default: when stderr is a terminal).
     """
@@ -408,7 +429,7 @@ def compare_laws(data, *, forms: Sequence[str] | None = None, objectives: Sequen
         d[col]                                        # a named error when a column is missing
     B = budgets_of(d)
     top, folds = _splits(B, d["C"], holdout, threshold)
-    forms = tuple(forms) if forms is not None else DEFAULT_FORMS + (("data_constrained",) if d.has("U") else ())
+    forms = tuple(forms) if forms is not None else _default_forms(d, floor)
     objectives = tuple(objectives) if objectives is not None else OBJECTIVES
     approaches = tuple(int(a) for a in approaches)
     unknown = set(approaches) - {2, 3}
@@ -462,7 +483,7 @@ def _refit(w: dict, d: ScalingData, bootstrap: int, level: float, seed: int, gri
         return fit_isoflop(d, optimum=w["optimum"], bootstrap=bootstrap, seed=seed, level=level)
     from scalekit.laws.fit import fit_law
 
-    return fit_law(d, w["form"], objective=w["objective"], bootstrap=bootstrap, seed=seed, level=level,
+    return fit_law(d, law_of(w["form"]), objective=w["objective"], bootstrap=bootstrap, seed=seed, level=level,
                    **_fit_kw(w["form"], grid, floor))
 
 

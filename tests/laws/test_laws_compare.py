@@ -166,3 +166,24 @@ def test_compare_imports_nothing_above_the_laws_layer() -> None:
             "['scalekit', 'analysis'])]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_known_floor_adds_forms_with_e_fixed_to_it() -> None:
+    """With the floor of the loss known (here the truth, E = 1.69), each form that has an irreducible term is also
+    fitted with E fixed to it; those rows fix e = log(floor) exactly, and Kaplan's law (no E) gets no such row."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c = compare_laws(surface(), objectives=("lsq_log",), approaches=(3,), bootstrap=0, floor=TRUTH["E"])
+    forms = {r["form"] for r in c.rows}
+    assert {"chinchilla (E = floor)", "chinchilla_tied (E = floor)", "gadre (E = floor)"} <= forms
+    assert "kaplan_nd (E = floor)" not in forms
+    pinned = next(r for r in c.rows if r["form"] == "chinchilla (E = floor)")
+    assert pinned["error"] is None and pinned["E"] == pytest.approx(TRUTH["E"], rel=1e-12)
+    assert pinned["heldout_mean_abs_rel_err"] < 0.01
+    if c.winner["form"].endswith("(E = floor)"):
+        assert c.winner_fit.fixed == {"e": pytest.approx(np.log(TRUTH["E"]))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        no_floor = compare_laws(surface(), forms=("chinchilla (E = floor)",), objectives=("lsq_log",),
+                                approaches=(3,), bootstrap=0, refit=False)
+    assert "pass floor=" in no_floor.rows[0]["error"]            # asked for without a floor: a row with the reason
