@@ -19,6 +19,23 @@ Kubernetes: writes a JobSet manifest (deploy/k8s/<name>.yaml by default) for `ku
 Presets are editable files in deploy/slurm/*.env (XLA, NCCL, EFA settings)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument gives one line `<prog>: error: ...` and exit code 2 (no usage block)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _BadArgument(message)
+
+
+class _BadArgument(Exception):
+    """A bad argument of `scalekit launch ...`: printed as one line, exit code 2."""
+
+
+def _fail(prog: str, message: str) -> int:
+    from scalekit.launch import checks
+    print(f"{prog}: error: {checks.printable(str(message))}", file=sys.stderr)
+    return 2
+
+
 def _split(argv: list[str]) -> tuple[list[str], list[str]]:
     if "--" in argv:
         i = argv.index("--")
@@ -43,16 +60,31 @@ def _env(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"scalekit launch: --env {pair!r} must be KEY=VALUE")
+            raise _BadArgument(f"--env {pair!r} must be KEY=VALUE")
         k, v = pair.split("=", 1)
         out[k] = v
     return out
 
 
+def _words(flag: str, text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise _BadArgument(f"{flag} {text!r} is not valid shell words ({e}): close its quotes") from None
+
+
 def _slurm(argv: list[str], train_args: list[str]) -> int:
+    prog = "scalekit launch slurm"
+    try:
+        return _slurm_main(argv, train_args)
+    except (_BadArgument, ValueError) as e:
+        return _fail(prog, str(e))
+
+
+def _slurm_main(argv: list[str], train_args: list[str]) -> int:
     from scalekit.launch import slurm
-    p = argparse.ArgumentParser(prog="scalekit launch slurm", description=USAGE,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="scalekit launch slurm", description=USAGE,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
     p.add_argument("--ntasks-per-node", type=int, default=0, help="default: --gpus-per-node (per_gpu) or 1")
     p.add_argument("--partition", default="")
@@ -73,37 +105,47 @@ def _slurm(argv: list[str], train_args: list[str]) -> int:
                          mode=a.mode or "per_gpu", partition=a.partition, time=a.time, account=a.account, qos=a.qos,
                          job_name=a.name, preset=a.preset, cpus_per_task=a.cpus_per_task, mem=a.mem,
                          python=a.python, requeue=not a.no_requeue, signal_s=a.signal_seconds,
-                         preflight=a.preflight, preflight_args=shlex.split(a.preflight_args),
+                         preflight=a.preflight, preflight_args=_words("--preflight-args", a.preflight_args),
                          extra_sbatch=tuple(a.sbatch), env=_env(a.env))
     if not slurm.workdir_of(train_args):
-        print("scalekit launch slurm: give the run a --workdir after `--` (checkpoints there make requeue resume)",
-              file=sys.stderr)
-        return 2
+        raise _BadArgument("give the run a --workdir after `--` (checkpoints there make requeue resume)")
+    if a.script:
+        from scalekit.launch import checks
+        checks.no_control("--script", a.script)
     asked = [x for x in argv if x not in ("--dry-run", "--wait")]
     command = shlex.join(["scalekit", "launch", "slurm", *asked, "--", *train_args])
-    try:
-        text = slurm.render_sbatch(job, train_args, note=command if len(command) < 400 else command[:397] + "...")
-    except ValueError as e:
-        print(f"scalekit launch slurm: {e}", file=sys.stderr)
-        return 2
+    text = slurm.render_sbatch(job, train_args, note=command if len(command) < 400 else command[:397] + "...")
     if a.dry_run:
         print(text, end="")
         return 0
     path = a.script or str(Path(slurm.workdir_of(train_args)) / f"launch-{a.name}.sbatch")
-    slurm.write_script(text, path)
+    try:
+        slurm.write_script(text, path)
+    except OSError as e:
+        print(f"scalekit launch slurm: error: cannot write the script {path} ({e}): give --script a writable path",
+              file=sys.stderr)
+        return 1
     try:
         job_id = slurm.submit(path, wait=a.wait)
     except RuntimeError as e:
-        print(f"scalekit launch slurm: {e}", file=sys.stderr)
+        print(f"scalekit launch slurm: error: {e}", file=sys.stderr)
         return 1
     print(f"submitted job {job_id}: {path}")
     return 0
 
 
 def _k8s(argv: list[str], train_args: list[str]) -> int:
+    prog = "scalekit launch k8s"
+    try:
+        return _k8s_main(argv, train_args)
+    except (_BadArgument, ValueError) as e:
+        return _fail(prog, str(e))
+
+
+def _k8s_main(argv: list[str], train_args: list[str]) -> int:
     from scalekit.launch import k8s
-    p = argparse.ArgumentParser(prog="scalekit launch k8s", description=USAGE,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="scalekit launch k8s", description=USAGE,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
     p.add_argument("--image", default=k8s.DEFAULT_IMAGE, help="container image with scalekit installed")
     p.add_argument("--queue", default="", help="Kueue LocalQueue name (adds kueue.x-k8s.io/queue-name)")
@@ -118,18 +160,21 @@ def _k8s(argv: list[str], train_args: list[str]) -> int:
     spec = k8s.K8sJob(name=a.name, nodes=a.nodes, gpus_per_node=a.gpus_per_node, mode=a.mode or "per_node",
                       image=a.image, queue=a.queue, namespace=a.namespace, port=a.port, max_restarts=a.max_restarts,
                       pvc=a.pvc, cpu=a.cpu, memory=a.memory, preset=a.preset, preflight=a.preflight,
-                      preflight_args=shlex.split(a.preflight_args), env=_env(a.env))
-    try:
-        text = k8s.render_manifest(spec, train_args)
-    except ValueError as e:
-        print(f"scalekit launch k8s: {e}", file=sys.stderr)
-        return 2
+                      preflight_args=_words("--preflight-args", a.preflight_args), env=_env(a.env))
+    if a.out:
+        from scalekit.launch import checks
+        checks.no_control("--out", a.out)
+    text = k8s.render_manifest(spec, train_args)
     if a.dry_run:
         print(text, end="")
         return 0
     out = Path(a.out or k8s.DEPLOY_DIR / f"{a.name}.yaml")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except OSError as e:
+        print(f"scalekit launch k8s: error: cannot write {out} ({e}): give --out a writable path", file=sys.stderr)
+        return 1
     print(f"wrote {out}; submit with: kubectl apply -f {out}")
     return 0
 
@@ -145,5 +190,5 @@ def main(argv: list[str]) -> int:
         return _slurm(options, train_args)
     if target in ("k8s", "kubernetes"):
         return _k8s(options, train_args)
-    print(f"scalekit launch: unknown target {target!r} (slurm or k8s)\n\n{USAGE}", file=sys.stderr)
-    return 2
+    return _fail("scalekit launch", f"unknown target {target!r}: use `scalekit launch slurm ...` or "
+                 "`scalekit launch k8s ...` (`scalekit launch --help` shows both)")

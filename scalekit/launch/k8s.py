@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from scalekit.launch import checks
 from scalekit.launch.slurm import preset_path
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
@@ -66,18 +67,51 @@ class K8sJob:
         return 1 if self.mode == "per_gpu" else self.gpus_per_node
 
     def validate(self) -> None:
-        """Raise ValueError for names Kubernetes would reject and for impossible shapes."""
+        """Raise ValueError (naming the flag) for values Kubernetes would reject and for impossible shapes."""
+        checks.no_control("--name", self.name)
         if not _DNS_LABEL.match(self.name):
-            raise ValueError(f"name {self.name!r} must be a DNS label: lower-case letters, digits and '-'")
+            raise ValueError(f"--name {self.name!r} must be a DNS label: lower-case letters, digits and '-', "
+                             "starting and ending with a letter or digit")
+        if self.mode not in ("per_gpu", "per_node"):
+            raise ValueError(f"--mode {self.mode!r} must be 'per_gpu' or 'per_node'")
+        checks.int_range("--nodes", self.nodes, 1, 100_000)
+        checks.int_range("--gpus-per-node", self.gpus_per_node, 0, 1024)
+        checks.port("--port", self.port)
+        checks.int_range("--max-restarts", self.max_restarts, 0, 10_000)
         hostname = f"{self.name}-{REPLICATED_JOB}-0-{self.pods() - 1}"
         if len(hostname) > 63:
-            raise ValueError(f"name {self.name!r} is too long: pod hostnames like {hostname!r} exceed 63 characters")
-        if self.mode not in ("per_gpu", "per_node"):
-            raise ValueError(f"mode={self.mode!r} must be 'per_gpu' or 'per_node'")
-        if self.nodes < 1 or self.gpus_per_node < 0:
-            raise ValueError("--nodes must be >= 1 and --gpus-per-node >= 0")
+            raise ValueError(f"--name {self.name!r} is too long: pod hostnames like {hostname!r} exceed 63 "
+                             "characters; give a shorter name")
         if self.mode == "per_gpu" and self.gpus_per_node < 1:
             raise ValueError("per_gpu mode needs --gpus-per-node >= 1 (or use --mode per_node)")
+        checks.no_control("--image", self.image)
+        if not self.image or re.search(r"\s", self.image):
+            raise ValueError(f"--image {self.image!r} must be an image reference without white space")
+        if self.queue:
+            checks.matches("--queue", self.queue, checks.LABEL_VALUE, "a label value: up to 63 letters, digits, "
+                           "'-', '_' or '.', starting and ending with a letter or digit")
+            if len(self.queue) > 63:
+                raise ValueError(f"--queue {self.queue!r} is longer than a label value's 63 characters")
+        if self.namespace:
+            checks.matches("--namespace", self.namespace, checks.DNS_LABEL,
+                           "a DNS label: lower-case letters, digits and '-', at most 63 characters")
+            if len(self.namespace) > 63:
+                raise ValueError(f"--namespace {self.namespace!r} is longer than 63 characters")
+        if self.pvc:
+            claim, _, path = self.pvc.partition(":")
+            checks.matches("--pvc", claim, checks.DNS_SUBDOMAIN,
+                           "the claim name is lower-case letters, digits, '-' and '.' (CLAIM or CLAIM:/mount/path)")
+            if path:
+                checks.no_control("--pvc", path)
+                if not path.startswith("/"):
+                    raise ValueError(f"--pvc mount path {path!r} must be absolute, e.g. runs:/mnt/runs")
+        for flag, value in (("--cpu", self.cpu), ("--memory", self.memory)):
+            if value:
+                checks.matches(flag, value, checks.QUANTITY, "a Kubernetes quantity, e.g. 32, 500m, 512Gi")
+        checks.no_control("--python", self.python)
+        checks.no_control("--preset", self.preset)
+        checks.no_control_all("--preflight-args", self.preflight_args)
+        checks.env_vars("--env", self.env)
 
 
 def preset_env(preset: str) -> dict[str, str]:
@@ -135,6 +169,7 @@ def container_command(job: K8sJob, train_args: Sequence[str]) -> list[str]:
 def manifest(job: K8sJob, train_args: Sequence[str]) -> dict:
     """The JobSet as a dict (see the module docstring for its shape)."""
     job.validate()
+    checks.no_control_all("a training argument after --", train_args)
     labels = {"app.kubernetes.io/name": "scalekit", "app.kubernetes.io/component": "train"}
     meta: dict = {"name": job.name}
     if job.namespace:

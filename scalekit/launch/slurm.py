@@ -28,6 +28,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from scalekit.launch import checks
+
 PRESET_DIR = Path(__file__).resolve().parents[2] / "deploy" / "slurm"
 PORT_CMD = 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
 
@@ -65,11 +67,38 @@ class SlurmJob:
         return max(self.gpus_per_node, 1) if self.mode == "per_gpu" else 1
 
     def validate(self) -> None:
-        """Raise ValueError for combinations that would map processes to GPUs wrongly."""
+        """Raise ValueError (naming the flag) for a value that cannot go into the script as given, and for
+        combinations that would map processes to GPUs wrongly."""
         if self.mode not in ("per_gpu", "per_node"):
-            raise ValueError(f"mode={self.mode!r} must be 'per_gpu' or 'per_node'")
-        if self.nodes < 1 or self.gpus_per_node < 0:
-            raise ValueError("--nodes must be >= 1 and --gpus-per-node >= 0")
+            raise ValueError(f"--mode {self.mode!r} must be 'per_gpu' or 'per_node'")
+        checks.int_range("--nodes", self.nodes, 1, 100_000)
+        checks.int_range("--gpus-per-node", self.gpus_per_node, 0, 1024)
+        checks.int_range("--ntasks-per-node", self.ntasks_per_node, 0, 4096)
+        checks.int_range("--cpus-per-task", self.cpus_per_task, 0, 100_000)
+        checks.int_range("--signal-seconds", self.signal_s, 1, 65535)
+        checks.matches("--name", self.job_name, checks.SLURM_NAME,
+                       "a job name is 1-128 letters, digits, '_', '.', '+' or '-', starting with a letter, digit "
+                       "or '_'")
+        if self.time:
+            checks.slurm_time("--time", self.time)
+        for flag, value in (("--partition", self.partition), ("--account", self.account), ("--qos", self.qos)):
+            if value:
+                checks.matches(flag, value, checks.SLURM_LIST,
+                               "letters, digits, '_', '.', '@', '+', '-' (and ',' between several names)")
+        if self.mem:
+            checks.matches("--mem", self.mem, checks.SLURM_MEM, "a size in MB or with a unit, e.g. 64G or 512000")
+        checks.no_control("--workdir (the log directory)", self.log_dir)
+        checks.no_space("--workdir (the log directory)", str(Path(self.log_dir or ".").resolve()))
+        checks.no_space("the job's working directory (--chdir, default the current one)",
+                        str(Path(self.chdir or os.getcwd()).resolve()))
+        checks.no_control("--python", self.python)
+        checks.no_control("--preset", self.preset)
+        checks.no_control_all("--preflight-args", self.preflight_args)
+        for d in self.extra_sbatch:
+            checks.no_control("--sbatch", d)
+            if not d.startswith("-"):
+                raise ValueError(f"--sbatch {d!r} is not an sbatch option: give it as --sbatch=--constraint=h100")
+        checks.env_vars("--env", self.env)
         t = self.tasks_per_node()
         if self.mode == "per_gpu" and self.gpus_per_node and t != self.gpus_per_node:
             raise ValueError(f"per_gpu mode runs one task per GPU: --ntasks-per-node={t} differs from "
@@ -189,9 +218,11 @@ echo "scalekit: job step exited with $RC at $(date -Is)"
 def render_sbatch(job: SlurmJob, train_args: Sequence[str], note: str = "") -> str:
     """The sbatch script that runs `scalekit train <train_args>` over the job's nodes and tasks (note: a header
     comment, e.g. the command line that asked for it)."""
-    job.validate()
+    checks.no_control_all("a training argument after --", train_args)
     log_dir = job.log_dir or workdir_of(train_args) or "."
     job = dataclasses.replace(job, log_dir=log_dir)
+    job.validate()
+    note = checks.printable(note)
     setup = f"CMD=({shlex.join(train_argv(job, train_args))})"
     head = ["#!/bin/bash", f"# Written by scalekit.launch.slurm at {time.strftime('%Y-%m-%d %H:%M:%S')}"
             + (f" for: {note}" if note else "."), "# Edit freely; submit again with `sbatch <this file>`."]
@@ -204,11 +235,15 @@ def render_array(job: SlurmJob, commands: Sequence[Sequence[str]], max_parallel:
     This is the entry point for the sweep driver's multi-node runs: each command is usually
     `train_argv(job, ["--config", cfg_json, "--workdir", run_dir])`.
     """
-    job.validate()
     if not commands:
         raise ValueError("a job array needs at least one command")
+    for c in commands:
+        checks.no_control_all("a job array command", c)
     log_dir = job.log_dir or "."
     job = dataclasses.replace(job, log_dir=log_dir)
+    job.validate()
+    if max_parallel < 0:
+        raise ValueError(f"max_parallel={max_parallel} must be >= 0 (0: no limit)")
     array = f"--array=0-{len(commands) - 1}" + (f"%{max_parallel}" if max_parallel else "")
     cases = "\n".join(f"  {i}) CMD=({shlex.join(c)}) ;;" for i, c in enumerate(commands))
     setup = (f'case "${{SLURM_ARRAY_TASK_ID}}" in\n{cases}\n'

@@ -14,7 +14,9 @@
 Each field is taken from the first of these that sets it. Auxiliary variables: SCALEKIT_COORDINATOR_PORT (the
 port on Slurm/Kubernetes; Slurm's default is 61440 + job id % 4096, as JAX does), SCALEKIT_HOST_ALIASES
 ("name=ip,name2=ip2": a static host table consulted before DNS, like a pod's `hostAliases`; tests use it to make
-the JobSet hostname resolve to 127.0.0.1 without touching /etc/hosts).
+the JobSet hostname resolve to 127.0.0.1 without touching /etc/hosts), SCALEKIT_COORDINATOR_BIND (the address
+process 0 listens on; by default the coordinator host's own address, 127.0.0.1 when every process is on this
+machine; 0.0.0.0 for every interface).
 
 Process-to-GPU mapping (`distributed.mode`): "per_gpu" runs one process per GPU; under Slurm the task with
 SLURM_LOCALID=i drives GPU i of the node when all node GPUs are visible to every task, or the single GPU Slurm
@@ -302,6 +304,40 @@ def resolve_host(host: str, deadline: float, environ: Mapping[str, str] | None =
         time.sleep(0.5)
 
 
+def all_local(spec: ClusterSpec, environ: Mapping[str, str] | None = None) -> bool:
+    """True when every process runs on this machine: a loopback coordinator, or a Slurm step on one node."""
+    env = os.environ if environ is None else environ
+    host, _ = _split_address(spec.coordinator_address)
+    if rendezvous.is_loopback(host):
+        return True
+    if spec.source != "slurm":
+        return False
+    nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_JOB_NUM_NODES") or ""
+    if nodes.strip().isdigit():
+        return int(nodes) == 1
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
+    return bool(nodelist) and len(expand_nodelist(nodelist)) == 1
+
+
+def bind_override(environ: Mapping[str, str] | None = None) -> str | None:
+    """The address process 0 is told to listen on: SCALEKIT_COORDINATOR_BIND (an IP; 0.0.0.0 or :: for every
+    interface), else the host part of JAX_COORDINATOR_BIND_ADDRESS; None when neither is set."""
+    env = os.environ if environ is None else environ
+    bind = env.get("SCALEKIT_COORDINATOR_BIND", "").strip()
+    if not bind and env.get("JAX_COORDINATOR_BIND_ADDRESS", "").strip():
+        bind = env["JAX_COORDINATOR_BIND_ADDRESS"].strip().rpartition(":")[0]
+    bind = bind.strip("[]")
+    if not bind:
+        return None
+    import ipaddress
+    try:
+        ipaddress.ip_address(bind)
+    except ValueError:
+        raise DistributedInitError(f"SCALEKIT_COORDINATOR_BIND={bind!r} must be an IP address of this machine "
+                                   "(0.0.0.0 or :: for every interface)") from None
+    return bind
+
+
 def initialize(dist_cfg: Any = None) -> DistributedInfo:
     """Initialise jax.distributed from config/env/Slurm/Kubernetes; a single process needs no initialisation."""
     global _INFO
@@ -316,11 +352,13 @@ def initialize(dist_cfg: Any = None) -> DistributedInfo:
         return _INFO
     timeout = int(_cfg_get(dist_cfg, "timeout_s", 300) or 300)
     host, port = _split_address(spec.coordinator_address)
-    address = rendezvous.meet(host, port, spec.process_id, spec.num_processes, timeout,
-                              resolve=lambda h, d: resolve_host(h, d))
+    address, bind = rendezvous.meet(host, port, spec.process_id, spec.num_processes, timeout,
+                                    resolve=lambda h, d: resolve_host(h, d), local=all_local(spec),
+                                    bind=bind_override())
     import jax
     jax.distributed.initialize(
         coordinator_address=address, num_processes=spec.num_processes, process_id=spec.process_id,
+        coordinator_bind_address=bind or None,  # process 0: the address the rendezvous listened on, not [::]
         local_device_ids=list(spec.local_device_ids) if spec.local_device_ids else None,
         cluster_detection_method="deactivate", initialization_timeout=timeout,
         heartbeat_timeout_seconds=timeout, shutdown_timeout_seconds=timeout)

@@ -5,7 +5,10 @@ at start-up, and a process blocked in a collective waits for a dead peer until t
 `jax.distributed.initialize`, process 0 listens on the coordinator port and every other process connects and says
 hello (its id, the process count, host and pid). Process 0 answers "go" once all have arrived, or, at the
 timeout, "fail" with the ids that never arrived; every process then raises DistributedInitError naming them.
-Process 0 then closes the listener (JAX's service binds the same port) but keeps the connections as a liveness
+Process 0 listens on the coordinator host's own address (the host part of the coordinator address, resolved), never
+on every interface unless told (SCALEKIT_COORDINATOR_BIND=0.0.0.0), and on 127.0.0.1 when every process is on this
+machine; JAX's service is told to bind the same address. Process 0 then closes the listener (JAX's service binds
+the same port) but keeps the connections as a liveness
 channel: a peer whose connection closes without a clean "bye" has died, and every other process prints which one
 and exits with EXIT_PEER_FAILED (75, EX_TEMPFAIL: a scheduler may retry) instead of waiting in a collective.
 
@@ -16,6 +19,8 @@ then {"bye": "ok"|"error", "message"} and, from process 0, {"peer_failed": id, "
 from __future__ import annotations
 
 import atexit
+import errno
+import ipaddress
 import json
 import os
 import selectors
@@ -81,20 +86,51 @@ def _keepalive(conn: socket.socket, timeout: int) -> None:
             conn.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
 
 
-def _listen(port: int) -> socket.socket:
+LOOPBACK = "127.0.0.1"
+
+
+def _hostport(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _ip_literal(host: str) -> str:
+    """`host` as an IP address when it is one (brackets dropped), else ""."""
     try:
-        if socket.has_dualstack_ipv6():
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return ""
+
+
+def is_loopback(host: str) -> bool:
+    """True for 'localhost' and loopback literals (127.0.0.0/8, ::1): only processes on this machine reach them."""
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    ip = _ip_literal(host)
+    return bool(ip) and ipaddress.ip_address(ip).is_loopback
+
+
+def _listen(ip: str, port: int, host: str) -> socket.socket:
+    """Listen on ip:port only (not every interface); ip '0.0.0.0' or '::' when asked for all of them."""
+    try:
+        if ip == "::" and socket.has_dualstack_ipv6():
             return socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True, reuse_port=False)
-        return socket.create_server(("", port))
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        return socket.create_server((ip, port), family=family)
     except OSError as e:
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise DistributedInitError(
+                f"process 0 cannot listen on {_hostport(ip, port)} ({e}): the coordinator host {host!r} resolves to "
+                f"{ip}, which is not an address of this machine. Process 0 must run on the coordinator host; or set "
+                "SCALEKIT_COORDINATOR_BIND to an address of this machine") from e
         raise DistributedInitError(
-            f"process 0 cannot listen on coordinator port {port} ({e}): another job uses it; pick another with "
-            "SCALEKIT_COORDINATOR_PORT or the port in the coordinator address") from e
+            f"process 0 cannot listen on coordinator port {port} at {ip} ({e}): another job uses it; pick another "
+            "with SCALEKIT_COORDINATOR_PORT or the port in the coordinator address") from e
 
 
-def _serve(port: int, n: int, timeout: int, address: str) -> dict[int, tuple[socket.socket, dict]]:
+def _serve(ip: str, port: int, n: int, timeout: int, address: str,
+           remote_peers: bool = True) -> dict[int, tuple[socket.socket, dict]]:
     deadline = time.monotonic() + timeout
-    srv = _listen(port)
+    srv = _listen(ip, port, address.rpartition(":")[0])
     srv.settimeout(0.2)
     peers: dict[int, tuple[socket.socket, dict]] = {}
     problem = ""
@@ -129,6 +165,10 @@ def _serve(port: int, n: int, timeout: int, address: str) -> dict[int, tuple[soc
         problem = (f"process(es) {missing} of {n} never reached the coordinator {address} within {timeout} s "
                    f"(arrived besides process 0: {arrived}). Check that they were started, that their "
                    "num_processes/process_id are right, and that they can reach this host and port")
+        if remote_peers and is_loopback(ip):
+            problem += (f". Process 0 listened on {_hostport(ip, port)}, a loopback address, which processes on other "
+                        f"machines cannot reach: make {address.rpartition(':')[0]!r} resolve to this machine's "
+                        "network address, or set SCALEKIT_COORDINATOR_BIND to it")
     if problem:
         for conn, _ in peers.values():
             _send(conn, {"status": "fail", "error": problem})
@@ -164,20 +204,36 @@ def _join(ip: str, port: int, me: int, n: int, timeout: int, address: str) -> so
 
 
 def meet(host: str, port: int, me: int, n: int, timeout: int,
-         resolve: Callable[[str, float], str]) -> str:
-    """Gather all n processes at host:port within timeout; return the address JAX should connect to."""
+         resolve: Callable[[str, float], str], local: bool = False,
+         bind: str | None = None) -> tuple[str, str]:
+    """Gather all n processes at host:port within timeout; return (the address JAX should connect to, the address
+    process 0's JAX service should bind; "" on the other processes).
+
+    Process 0 listens on the coordinator host's own address (what `resolve(host)` gives), not on every interface;
+    on 127.0.0.1 when `local` (every process runs on this machine: then all connect to 127.0.0.1); on `bind` when
+    given ('0.0.0.0' or '::' for every interface).
+    """
     global _STATE
     address = f"{host}:{port}"
     st = _State()
     st.me, st.n, st.coordinator = me, n, address
+    deadline = time.monotonic() + timeout
+    if local:
+        ip = LOOPBACK
+    elif is_loopback(host):  # a loopback literal is its own address; 'localhost' means 127.0.0.1 here
+        ip = _ip_literal(host) or LOOPBACK
+    else:
+        ip = ""
+    bind_ip = ""
     if me == 0:
-        peers = _serve(port, n, timeout, address)
+        bind_ip = bind or ip or resolve(host, deadline)
+        peers = _serve(bind_ip, port, n, timeout, address, remote_peers=not (local or is_loopback(host)))
         for pid, (conn, hello) in peers.items():
             st.conns[pid] = conn
             st.who[pid] = f"host {hello.get('host')}, pid {hello.get('pid')}"
-        ip = "127.0.0.1"
+        ip = LOOPBACK if bind_ip in ("0.0.0.0", "::") else bind_ip
     else:
-        ip = resolve(host, time.monotonic() + timeout)
+        ip = ip or resolve(host, deadline)
         st.conns[0] = _join(ip, port, me, n, timeout, address)
         st.who[0] = f"coordinator at {address}"
     for conn in st.conns.values():
@@ -186,7 +242,7 @@ def meet(host: str, port: int, me: int, n: int, timeout: int,
     _STATE = st
     _install_hooks()
     threading.Thread(target=_watch, args=(st,), name="scalekit-liveness", daemon=True).start()
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return _hostport(ip, port), (_hostport(bind_ip, port) if bind_ip else "")
 
 
 def _die(st: _State, failed: int, why: str) -> None:
