@@ -9,6 +9,15 @@ Integrity: orbax writes each step into a temporary directory and renames it when
 mid-write never appears as a step. After a save completes we also write a manifest of file sizes; on restore a
 step whose files no longer match it (truncated, deleted) or that fails to read is skipped with a warning naming the
 problem, and the next older step is tried. Nothing is half-restored: a step is used only if every item loads.
+Damage is repaired, not only avoided: once an older step has restored, each newer damaged step's directory is moved
+aside (renamed `<step>.damaged-<time>`), so the run saves that step again. `load_params` (init_from) validates and
+falls back the same way (leaving another run's files as they are) and fails with one line when nothing is usable.
+
+Identity: a checkpoint records its run's identity (`scalekit.runkey`: the run key and the result-changing config
+fields). Resuming from a checkpoint of another run is refused with one line naming the fields that differ; a change
+of `steps` alone (extending a run) is allowed. Checkpoints without an identity (older ones) restore as before.
+
+This module imports nothing from `scalekit.train`: the restored train state is built with the target's own class.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,7 +35,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from scalekit.train.state import TrainState
+from scalekit import runkey
 
 MANIFEST = "scalekit_manifest.json"
 
@@ -83,7 +93,30 @@ class DataStateArgs(ocp.args.CheckpointArgs):
 
 def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
     return {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
-            "data": DataStateHandler(), "config": ocp.JsonCheckpointHandler()}
+            "data": DataStateHandler(), "config": ocp.JsonCheckpointHandler(),
+            "identity": ocp.JsonCheckpointHandler()}
+
+
+def _problem(e: BaseException) -> str:
+    """One line for an exception from orbax/tensorstore (they raise many types, with long messages)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def identity_mismatch(saved: dict[str, Any], current: dict[str, Any], directory: str, step: int) -> str | None:
+    """None when a checkpoint's identity allows resuming this run, else the one-line reason."""
+    if saved.get("run_key") == current.get("run_key"):
+        return None
+    fields = runkey.differing_fields(saved.get("config", {}), current.get("config", {}),
+                                     ignore=runkey.RESUMABLE_CHANGES)
+    if not fields:
+        return None
+    old, new = runkey.flatten(saved.get("config", {})), runkey.flatten(current.get("config", {}))
+    shown = ", ".join(f"{f} ({old.get(f, '<unset>')!r} -> {new.get(f, '<unset>')!r})" for f in fields[:6])
+    more = f" and {len(fields) - 6} more" if len(fields) > 6 else ""
+    return (f"checkpoint step {step} in {directory} belongs to another run (key {str(saved.get('run_key'))[:12]}, "
+            f"this run {str(current.get('run_key'))[:12]}): it differs in {shown}{more}; only steps may change "
+            "on resume: use a new workdir (or checkpoint.dir), or restore the old settings")
 
 
 def restore_target(abstract: Any, shardings: Any) -> Any:
@@ -120,16 +153,39 @@ def _is_local(directory: str) -> bool:
     return "://" not in directory
 
 
+def move_aside(step_dir: epath.Path) -> epath.Path:
+    """Rename a damaged step's directory to `<step>.damaged-<time>` (kept for inspection, no longer a step)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    dest = step_dir.parent / f"{step_dir.name}.damaged-{stamp}"
+    n = 1
+    while dest.exists():
+        dest, n = step_dir.parent / f"{step_dir.name}.damaged-{stamp}-{n}", n + 1
+    step_dir.rename(dest)
+    return dest
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+        multihost_utils.sync_global_devices(name)
+
+
 # --- the checkpointer ------------------------------------------------------------------------------------------------
 
 class Checkpointer:
-    """Saves and restores a run's checkpoints under `cfg.checkpoint.dir` (default `<workdir>/checkpoints`)."""
+    """Saves and restores a run's checkpoints under `cfg.checkpoint.dir` (default `<workdir>/checkpoints`).
 
-    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | os.PathLike):
+    `identity`: {"run_key": ..., "config": ...} of this run (`scalekit.runkey`), saved with every step and checked
+    on restore; None saves none and checks nothing.
+    """
+
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                 identity: dict[str, Any] | None = None):
         c = cfg.checkpoint
         self.directory = c.dir or str(Path(workdir) / "checkpoints")
         self.every = int(c.every)
         self.config_dict = json.loads(cfg.to_json_best_effort())
+        self.identity = identity
         options = ocp.CheckpointManagerOptions(
             max_to_keep=int(c.keep), keep_period=int(c.keep_period) or None, create=True,
             enable_async_checkpointing=bool(c.async_save), cleanup_tmp_directories=True)
@@ -139,16 +195,19 @@ class Checkpointer:
     def should_save(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
-    def save(self, step: int, state: TrainState, data_state: Any, force: bool = False) -> None:
-        """Start an (async) save of everything needed to resume at `step`."""
+    def save(self, step: int, state: Any, data_state: Any, force: bool = False) -> None:
+        """Start an (async) save of everything needed to resume at `step` (`state`: the train state)."""
         self._write_manifests()
         if step in self.manager.all_steps():
             return
-        self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(state.params),
-            train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state, "rng": state.rng}),
-            data=DataStateArgs(data_state),
-            config=ocp.args.JsonSave(self.config_dict)), force=force)
+        items = dict(params=ocp.args.StandardSave(state.params),
+                     train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state,
+                                                  "rng": state.rng}),
+                     data=DataStateArgs(data_state),
+                     config=ocp.args.JsonSave(self.config_dict))
+        if self.identity is not None:
+            items["identity"] = ocp.args.JsonSave(self.identity)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def wait(self) -> None:
         """Block until pending saves are on disk, then record their manifests."""
@@ -169,37 +228,76 @@ class Checkpointer:
         pending = getattr(self.manager, "is_saving_in_progress", lambda: False)()
         return not pending or step != self.manager.latest_step()
 
-    def restore_latest(self, target: TrainState) -> tuple[TrainState, Any] | None:
+    def restore_latest(self, target: Any) -> tuple[Any, Any] | None:
         """The newest step that verifies and loads completely into `target`, or None when there are none.
 
         `target` is the train state as ShapeDtypeStructs with the shardings to restore onto (`restore_target`).
-        Raises CheckpointError when checkpoints exist but none is usable (never starts over silently).
+        Newer damaged steps are moved aside once an older one has restored (so they are saved again). Raises
+        CheckpointError when checkpoints exist but none is usable (never starts over silently), or when the newest
+        readable one belongs to another run (see `identity_mismatch`).
         """
         steps = sorted(self.manager.all_steps(), reverse=True)
-        problems = []
+        problems: list[tuple[int, str]] = []
         for step in steps:
             problem = verify_step_dir(Path(self.directory) / str(step)) if _is_local(self.directory) else None
             if problem is None:
+                problem = self._check_identity(step)
+            if problem is None:
                 try:
-                    return self._restore(step, target)
+                    restored = self._restore(step, target)
                 except Exception as e:  # orbax/tensorstore raise many types for damaged files
-                    problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-            problems.append(f"step {step}: {problem}")
+                    problem = _problem(e)
+                else:
+                    self._move_aside([s for s, _ in problems])
+                    return restored
+            problems.append((step, problem))
             warnings.warn(f"checkpoint step {step} in {self.directory} is unusable ({problem}); "
                           "falling back to the previous one", RuntimeWarning, stacklevel=2)
         if problems:
-            raise CheckpointError(f"no usable checkpoint in {self.directory}:\n  " + "\n  ".join(problems) +
-                                  "\nMove the directory aside to start from scratch.")
+            raise CheckpointError(f"no usable checkpoint in {self.directory} ("
+                                  + "; ".join(f"step {s}: {p}" for s, p in problems)
+                                  + "); move the directory aside to start from scratch")
         return None
 
-    def _restore(self, step: int, target: TrainState) -> tuple[TrainState, Any]:
+    def _check_identity(self, step: int) -> str | None:
+        """None if the step may be resumed by this run; raises CheckpointError for another run's checkpoint."""
+        if self.identity is None or not (epath.Path(self.directory) / str(step) / "identity").exists():
+            return None  # nothing to compare (an older checkpoint, or a caller without an identity)
+        try:
+            saved = self.manager.restore(step, args=ocp.args.Composite(identity=ocp.args.JsonRestore()))["identity"]
+        except Exception as e:  # noqa: BLE001 - a damaged identity item is a damaged step
+            return f"identity unreadable ({_problem(e)})"
+        reason = identity_mismatch(dict(saved or {}), self.identity, self.directory, step)
+        if reason is not None:
+            raise CheckpointError(reason)
+        return None
+
+    def _move_aside(self, steps: list[int]) -> None:
+        """Rename the damaged steps' directories (process 0) and make the manager forget them (every process)."""
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            for step in steps:
+                step_dir = epath.Path(self.directory) / str(step)
+                try:
+                    dest = move_aside(step_dir)
+                except OSError as e:
+                    warnings.warn(f"could not move damaged checkpoint step {step} aside ({e}); the run will not "
+                                  "save that step again", RuntimeWarning, stacklevel=3)
+                    continue
+                warnings.warn(f"moved damaged checkpoint step {step} aside to {dest}; it will be saved again",
+                              RuntimeWarning, stacklevel=3)
+        _sync("scalekit_checkpoint_move_aside")
+        self.manager.reload()
+
+    def _restore(self, step: int, target: Any) -> tuple[Any, Any]:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(target.params),
             train=ocp.args.StandardRestore({"step": target.step, "opt_state": target.opt_state, "rng": target.rng}),
             data=DataStateArgs()))
         train = restored["train"]
-        state = TrainState(step=train["step"], params=restored["params"], opt_state=train["opt_state"],
-                           rng=train["rng"])
+        state = dataclasses.replace(target, step=train["step"], params=restored["params"],
+                                    opt_state=train["opt_state"], rng=train["rng"])
         return state, restored["data"]
 
     def close(self) -> None:
@@ -222,20 +320,34 @@ def resolve_checkpoint_dir(path: str) -> tuple[str, int | None]:
 def load_params(path: str, target: Any) -> Any:
     """Parameters (only) from another run's checkpoint, resharded into `target` (for fine-tuning).
 
-    `target`: the parameters as ShapeDtypeStructs with shardings. The shapes must match the saved ones.
+    `target`: the parameters as ShapeDtypeStructs with shardings. The shapes must match the saved ones. Steps are
+    validated like `Checkpointer.restore_latest` and the newest usable one is taken (a step named in `path` is the
+    only one tried); the other run's files are never changed. Raises a one-line CheckpointError when none is usable.
     """
     directory, step = resolve_checkpoint_dir(path)
     manager = ocp.CheckpointManager(epath.Path(directory), item_handlers={"params": ocp.StandardCheckpointHandler()},
                                     options=ocp.CheckpointManagerOptions(read_only=True))
     try:
-        step = manager.latest_step() if step is None else step
-        if step is None:
+        steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+        if not steps:
             raise CheckpointError(f"init_from={path!r}: no checkpoint steps in {directory}")
-        try:
-            restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"init_from={path!r} (step {step}) does not fit this model: {e}. The model "
-                                  "fields and the data vocabulary must match the pre-trained run.") from e
+        problems: list[str] = []
+        for s in steps:
+            problem = verify_step_dir(Path(directory) / str(s)) if _is_local(directory) else None
+            if problem is None:
+                try:
+                    restored = manager.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+                except Exception as e:  # noqa: BLE001 - damaged files and shape mismatches alike
+                    problem = _problem(e)
+                else:
+                    if problems:
+                        warnings.warn(f"init_from={path!r}: used step {s}; newer steps are unusable ("
+                                      + "; ".join(problems) + ")", RuntimeWarning, stacklevel=2)
+                    return restored["params"]
+            problems.append(f"step {s}: {problem}")
+        hint = (" The model fields and the data vocabulary must match the pre-trained run."
+                if any("shape" in p.lower() for p in problems) else "")
+        raise CheckpointError(f"init_from={path!r}: no usable checkpoint in {directory} (" + "; ".join(problems)
+                              + ")." + hint)
     finally:
         manager.close()
-    return restored["params"]

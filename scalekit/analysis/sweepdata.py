@@ -112,6 +112,7 @@ def results_from_frame(df: pd.DataFrame, source: str = "") -> SweepResults:
     """SweepResults from a sweep DataFrame (`load_sweep_frame`) or any frame with its columns; keeps 'done' rows."""
     n_total = len(df)
     n_failed = int((df["status"] == "failed").sum()) if "status" in df else 0
+    n_diverged = int((df["status"] == "diverged").sum()) if "status" in df else 0
     if "status" in df:
         df = df[df["status"] == "done"]
     df = df.copy()
@@ -120,7 +121,7 @@ def results_from_frame(df: pd.DataFrame, source: str = "") -> SweepResults:
     c = _floats(df, "flops_6n")
     df["C"] = c.where(c.notna(), 6.0 * _floats(df, "n_params") * _floats(df, "tokens"))
     ok = df["loss"].gt(0) & df["C"].gt(0) & _floats(df, "n_params").gt(0) & _floats(df, "tokens").gt(0)
-    notes = []
+    notes = [f"{n_diverged} diverged run(s) left out of the fits"] if n_diverged else []
     if not ok.all():
         notes.append(f"{int((~ok).sum())} done run(s) without a usable loss, N or D were left out")
     df = df[ok].reset_index(drop=True)

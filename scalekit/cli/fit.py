@@ -33,10 +33,10 @@ def _load_frame(path: Path, args):
             from scalekit.sweep.store import load_sweep_frame
         except ImportError as err:
             raise CliError(f"{path} is a directory, but the sweep store is unavailable ({err})")
-        df = load_sweep_frame(path)
-        n_all = len(df)
-        df = df[df["status"] == "done"].copy()
-        notes = [f"sweep {path}: {len(df)} of {n_all} runs done"]
+        full = load_sweep_frame(path)
+        n_all = len(full)
+        df = full[full["status"] == "done"].copy()
+        notes = [f"sweep {path}: {len(df)} of {n_all} runs done" + _skipped(full)]
         defaults = {"N": "n_params", "D": "tokens", "loss": "eval_loss", "run": "key"}
         if "flops_6n" in df and df["flops_6n"].notna().all():
             defaults["C"] = "flops_6n"
@@ -59,6 +59,13 @@ def _load_frame(path: Path, args):
     if not path.exists():
         raise CliError(f"no such file or directory: {path}")
     return load_table(path), {}, [f"file {path}"]
+
+
+def _skipped(frame) -> str:
+    """"; skipped: 2 diverged, 1 failed" for the runs a fit leaves out (only done runs are fitted)."""
+    counts = frame["status"].value_counts()
+    parts = [f"{int(n)} {status}" for status, n in counts.items() if status != "done"]
+    return f"; skipped: {', '.join(parts)}" if parts else ""
 
 
 def _expand_curves(df):

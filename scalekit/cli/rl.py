@@ -80,7 +80,7 @@ def parse_rl_args(argv: list[str]) -> tuple[Any, list[str]]:
 
 
 def main(argv: list[str]) -> int:
-    """Run GRPO from the command line; exit code 2 for a bad config."""
+    """Run GRPO from the command line; exit code 2 for a bad config, data or init_from checkpoint."""
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
@@ -92,10 +92,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scalekit rl", usage=USAGE)
     parser.add_argument("--workdir", required=True)
     args = parser.parse_args(rest)
+    from scalekit.checkpoint import CheckpointError  # noqa: PLC0415
+    from scalekit.data.errors import DataError  # noqa: PLC0415
     from scalekit.posttrain.rl import run_grpo  # noqa: PLC0415
     try:
         summary = run_grpo(cfg, args.workdir)
-    except ConfigError as e:
+    except (ConfigError, CheckpointError, DataError) as e:  # e.g. init_from with no usable checkpoint: one line
         print(f"scalekit rl: {e}", file=sys.stderr)
         return 2
     print(f"test accuracy {summary['initial_test_accuracy']:.3f} -> {summary['test_accuracy']:.3f}; metrics: "

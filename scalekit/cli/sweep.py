@@ -1,4 +1,4 @@
-"""`scalekit sweep plan|run|work|status|export|ingest`: declare, run, resume, inspect and export scaling sweeps.
+"""`scalekit sweep plan|run|work|status|export|ingest|repair`: declare, run, resume, inspect, export, repair sweeps.
 
   scalekit sweep plan PLAN [--json]                      print the runs a plan makes, with N, D, C and time
   scalekit sweep run PLAN --workdir DIR [--executor local|slurm] [--parallel K] [--max-attempts 3]
@@ -7,9 +7,12 @@
   scalekit sweep status DIR [--json]                     progress, results, failures and their errors
   scalekit sweep export DIR --format csv|jsonl|parquet [--out PATH]
   scalekit sweep ingest DIR results.csv [--map SRC=FIELD[*FACTOR] ...]
+  scalekit sweep repair DIR [--plan PLAN] [--force]      rebuild a damaged results.db from the run directories
 
 Running again skips done runs, retries failed ones below --max-attempts, reclaims runs of dead drivers, and reports
-what it did. Exit code: 0 when every planned run is done, 1 when some failed, 2 for a bad plan or arguments.
+what it did. Exit code: 0 when every planned run is done, 1 when some failed, 2 for a bad plan or arguments, or a
+store that is damaged or cannot be used (one line on stderr naming the file and the fix). `status` and `export` only
+read: they work on a read-only store.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -25,7 +29,7 @@ from typing import Any
 
 from scalekit.sweep import executors as ex
 from scalekit.sweep.plan import PlanError, describe, load_plan
-from scalekit.sweep.store import open_store
+from scalekit.sweep.store import STATUSES, StoreError, open_store
 from scalekit.sweep.tables import FORMATS, IngestError, export_sweep, ingest
 
 
@@ -90,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("table")
     p.add_argument("--map", action="append", default=[], metavar="SRC=FIELD[*FACTOR]",
                    help="rename a column to a field (n_params, tokens, flops, final_loss, eval_loss, name, ...)")
+    p = sub.add_parser("repair", help="rebuild a damaged results store from the run directories")
+    p.add_argument("workdir")
+    p.add_argument("--plan", default="", help="the sweep's plan: exact plan fields and order, unstarted runs pending")
+    p.add_argument("--force", action="store_true", help="rebuild even a healthy store (the old file is kept aside)")
     return ap
 
 
@@ -179,6 +187,8 @@ def _report(store: Any, keys: list[str], outcomes: list[ex.Outcome], wall: float
         if r["status"] == "failed":
             limit = " (at the limit; rerun with --retry-failed)" if r["attempts"] >= args.max_attempts else ""
             print(f"  failed {r['name']} after {r['attempts']} attempt(s){limit}: {_last_line(r['error'])}")
+        elif r["status"] not in ("done", "pending", "running"):  # e.g. 'diverged' in a repaired store
+            print(f"  {r['status']} {r['name']}: {_last_line(r['error'])}")
     return 0 if c["done"] == len(mine) else 1
 
 
@@ -197,7 +207,7 @@ def cmd_work(args: argparse.Namespace) -> int:
 
 def status_dict(workdir: str) -> dict[str, Any]:
     """The sweep's status as plain data (what `status --json` prints)."""
-    store = open_store(workdir, create=False)
+    store = open_store(workdir, create=False, readonly=True)
     rows = store.rows()
     counts = Counter(r["status"] for r in rows)
     now = time.time()
@@ -209,8 +219,8 @@ def status_dict(workdir: str) -> dict[str, Any]:
                     | {"heartbeat_age_s": now - r["heartbeat"] if r["status"] == "running" and r["heartbeat"]
                        else None, "fields": r.get("fields") or {}})
     total = len(rows)
-    return {"workdir": str(workdir), "total": total, "counts": {s: counts[s] for s in
-                                                                ("pending", "running", "done", "failed")},
+    return {"workdir": str(workdir), "total": total, "counts": {s: counts[s] for s in STATUSES}
+            | {s: n for s, n in sorted(counts.items()) if s not in STATUSES},
             "progress": counts["done"] / total if total else 0.0, "runs": runs,
             "failures": [{"name": r["name"], "key": r["key"], "attempts": r["attempts"], "error": r["error"]}
                          for r in rows if r["status"] == "failed"]}
@@ -225,7 +235,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     c = s["counts"]
     bar = "#" * int(30 * s["progress"])
     print(f"sweep {s['workdir']}: {s['total']} runs  [{bar:<30}] {100 * s['progress']:.0f}% done  "
-          f"(done {c['done']}, running {c['running']}, pending {c['pending']}, failed {c['failed']})")
+          f"(done {c['done']}, running {c['running']}, pending {c['pending']}, failed {c['failed']}"
+          + "".join(f", {k} {n}" for k, n in c.items() if k not in STATUSES) + ")")
     head = (f"{'name':<34} {'key':<8} {'status':<8} {'try':>3} {'N':>8} {'D':>8} {'C':>8} {'loss':>7} "
             f"{'eval':>7} {'time':>7}  host")
     print(head + "\n" + "-" * len(head))
@@ -257,15 +268,39 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Rebuild the store from the run directories, keeping the old file aside."""
+    from scalekit.sweep.repair import repair
+
+    plan_rows = [r.to_row() for r in load_plan(args.plan).expand()] if args.plan else []
+    report = repair(args.workdir, force=args.force, plan_rows=plan_rows)
+    print("\n".join(report.lines()))
+    return 0
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: OS errors as 'what: path', others their first line."""
+    if isinstance(e, OSError) and e.strerror:
+        text = e.strerror + (f": {e.filename!r}" if e.filename else "")
+    else:
+        text = str(e) or type(e).__name__
+    if isinstance(e, sqlite3.Error):
+        text = f"results store: {text} (SQLite)"
+    return " ".join(text.split())
+
+
 def main(argv: list[str]) -> int:
     """Entry point of `scalekit sweep`."""
     args = _parser().parse_args(argv)
     handler = {"plan": cmd_plan, "run": cmd_run, "work": cmd_work, "status": cmd_status, "export": cmd_export,
-               "ingest": cmd_ingest}[args.cmd]
+               "ingest": cmd_ingest, "repair": cmd_repair}[args.cmd]
     try:
         return handler(args)
-    except (PlanError, IngestError, FileNotFoundError) as e:
+    except (PlanError, IngestError) as e:
         print(f"scalekit sweep {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except (StoreError, OSError, sqlite3.Error) as e:  # the store or a path: one line, no traceback
+        print(f"scalekit sweep {args.cmd}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # sbatch missing or refused
         print(f"scalekit sweep {args.cmd}: error: {e}", file=sys.stderr)

@@ -13,7 +13,18 @@ USAGE = """usage: scalekit train --config FILE[:PRESET] --workdir DIR [--config.
 Train a model; resumes from DIR's checkpoints when there are any. Examples:
   scalekit train --config configs/train.py:tiny --workdir runs/tiny
   scalekit train --config configs/train.py:s --workdir runs/s --config.steps=500 --config.mesh.fsdp=2
-Metrics go to DIR/metrics.jsonl; the final summary to DIR/summary.json."""
+Metrics go to DIR/metrics.jsonl; the final summary to DIR/summary.json ("status": "done" or "diverged").
+One trainer per DIR: a second one exits at once, naming the PID of the one holding DIR/trainer.lock.
+
+Exit codes:
+  0  trained to the last step (or preempted by SIGTERM/SIGINT after saving a checkpoint)
+  2  bad config, data or checkpoint (including another run's checkpoint in DIR); nothing trained
+  3  diverged: the loss or gradient norm became non-finite; summary.json says "status": "diverged" and the step
+  4  DIR is in use by another live trainer"""
+
+EXIT_CONFIG = 2
+EXIT_DIVERGED = 3
+EXIT_BUSY = 4
 
 
 def main(argv: list[str]) -> int:
@@ -45,20 +56,23 @@ def main(argv: list[str]) -> int:
 
     from scalekit.checkpoint import CheckpointError
     from scalekit.data.errors import DataError
+    from scalekit.train.guards import WorkdirBusy
     from scalekit.train.loop import train
     try:
         summary = train(cfg, args.workdir)
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, WorkdirBusy) as e:
         if initialize is not None:
             from scalekit.parallel.distributed import report_failure
             report_failure(f"config error: {e}")  # peers exit instead of waiting for this process
         print(f"scalekit train: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BUSY if isinstance(e, WorkdirBusy) else EXIT_CONFIG
     except BaseException as e:
         if initialize is not None:
             from scalekit.parallel.distributed import report_failure
             report_failure(f"{type(e).__name__}: {e}")
         raise
+    if summary.get("status") == "diverged":  # the trainer has said so on stderr, in one line
+        return EXIT_DIVERGED
     if summary.get("preempted"):
         print(f"preempted at step {summary['step']}; checkpoint saved in {summary['checkpoint']}")
     else:

@@ -92,8 +92,8 @@ def run_stage(doc: dict[str, Any], workdir: str | Path) -> dict[str, Any]:
     else:
         from scalekit.train.loop import train  # noqa: PLC0415
         summary = train(cfg, workdir)
-        if summary.get("preempted"):
-            return summary
+        if summary.get("preempted") or summary.get("status") == "diverged":
+            return summary            # a diverged stage is not evaluated: its summary.json says diverged
     if (workdir / "summary.json").exists():
         (workdir / "summary.json").replace(done_train)  # not a finished stage until it is evaluated
     else:

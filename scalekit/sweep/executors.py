@@ -10,6 +10,11 @@ The training command is a template (default `python -m scalekit train --config {
 tests and users can run anything that writes `summary.json`. The child is started through a small launcher that
 pins it to its share of the cores and asks the kernel to kill it if the driver dies (Linux PR_SET_PDEATHSIG), so a
 SIGKILLed driver leaves no orphan training in a run directory that the next driver will reclaim.
+
+A run whose summary says it diverged (`"status": "diverged"`, written by the trainer, which then exits with
+EXIT_DIVERGED) is never stored as done: it is recorded through the store's `diverge(claim, summary, error, worker)`
+when the store has one, else as failed with an error starting "diverged:"; a later attempt that finds that summary
+records the same outcome without training again (delete the run directory to retry it).
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from scalekit.sweep.plan import per_run_checkpoint_dir
 from scalekit.sweep.store import Claim, ResultsStore
 
 DEFAULT_TRAIN_COMMAND = ("{python}", "-m", "scalekit", "train", "--config", "{config}", "--workdir", "{workdir}")
 ERROR_TAIL_CHARS = 4000
+EXIT_DIVERGED = 3  # `scalekit train`'s exit code for a run stopped by a non-finite loss or gradient norm
 
 # Runs the command after: die with the parent (Linux), exit if the parent is already gone, pin to the given cores.
 _LAUNCHER = """import ctypes, os, sys
@@ -75,7 +82,7 @@ class Outcome:
 
     key: str
     name: str
-    status: str  # done | failed | released (interrupted) | lost (claim taken over) | dropped (already done)
+    status: str  # done | failed | diverged | released (interrupted) | lost (claim taken over) | dropped (already done)
     attempt: int
     error: str = ""
     wall_s: float = 0.0
@@ -154,7 +161,33 @@ def read_summary(path: Path) -> dict[str, Any] | None:
         summary = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return summary if isinstance(summary, dict) and "final_loss" in summary else None
+    if not isinstance(summary, dict):
+        return None
+    return summary if "final_loss" in summary or summary.get("status") == "diverged" else None
+
+
+def diverged_error(summary: dict[str, Any]) -> str | None:
+    """The failure text of a summary that says the run diverged ("diverged: ..."), else None."""
+    if summary.get("status") != "diverged":
+        return None
+    return (f"diverged: non-finite {summary.get('reason', 'loss')} at step {summary.get('step', '?')} "
+            f"(loss {summary.get('loss')}, grad_norm {summary.get('grad_norm')})")
+
+
+def _record(store: ResultsStore, claim: Claim, summary: dict[str, Any], opts: WorkerOptions, out: Outcome) -> Outcome:
+    """Store a finished run's summary: done, or failed with a "diverged:" error when it diverged."""
+    error = diverged_error(summary)
+    if error is not None:
+        out.error = f"{error}; attempt {claim.attempt} on {socket.gethostname()}"
+        diverge = getattr(store, "diverge", None)  # a store with a 'diverged' status records it as such
+        if diverge is not None:
+            out.status = "diverged" if diverge(claim, summary, out.error, opts.worker) else "dropped"
+        else:  # today's store: failed, with the error saying why
+            out.status = "failed"
+            store.fail(claim, out.error, opts.worker)
+        return out
+    out.status = "done" if store.finish(claim, summary, opts.worker) else "dropped"
+    return out
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -209,10 +242,9 @@ def execute(store: ResultsStore, sweep_dir: str | Path, claim: Claim, opts: Work
         return out
     with lock:
         summary = read_summary(rdir / "summary.json")
-        if summary is not None:  # finished earlier, but its driver died before recording it
-            out.status = "done" if store.finish(claim, summary, opts.worker) else "dropped"
+        if summary is not None:  # finished (or diverged) earlier, but its driver died before recording it
             out.recovered = True
-            return out
+            return _record(store, claim, summary, opts, out)
         return _run_child(store, sweep_dir, rdir, claim, opts, stop, out, cpus, threads, lock.fileno())
 
 
@@ -223,6 +255,9 @@ def _run_child(store: ResultsStore, sweep_dir: str | Path, rdir: Path, claim: Cl
     if not config.get("compilation_cache_dir") and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         config["compilation_cache_dir"] = str(Path(sweep_dir).resolve() / "xla_cache")
     config["progress"] = False
+    ckpt_cfg = config.get("checkpoint")
+    if isinstance(ckpt_cfg, dict) and ckpt_cfg.get("dir"):  # runs never share a checkpoint directory
+        config["checkpoint"] = {**ckpt_cfg, "dir": per_run_checkpoint_dir(ckpt_cfg["dir"], claim.key)}
     (rdir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     fmt = {"python": sys.executable, "config": str((rdir / "config.json").resolve()), "workdir": str(rdir.resolve())}
     cmd = [part.format(**fmt) for part in opts.command]
@@ -268,12 +303,11 @@ def _run_child(store: ResultsStore, sweep_dir: str | Path, rdir: Path, claim: Cl
     if reason == "lost":
         out.status = "lost"
         return out
-    summary = read_summary(rdir / "summary.json") if rc == 0 else None
-    if summary is not None:
+    summary = read_summary(rdir / "summary.json") if rc in (0, EXIT_DIVERGED) else None
+    if summary is not None and (rc == 0 or diverged_error(summary)):
         summary.setdefault("wall_time_s", out.wall_s)
         summary.setdefault("host", socket.gethostname())
-        out.status = "done" if store.finish(claim, summary, opts.worker) else "dropped"
-        return out
+        return _record(store, claim, summary, opts, out)
     tail = _read_tail(err_path, start_err)
     if reason == "timeout":
         head = f"timed out after {opts.timeout_s:g} s"

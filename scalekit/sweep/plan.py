@@ -11,7 +11,10 @@ with `PATH:ARG`) or a module-level `PLAN`. Two kinds of plan:
 Each run is the base preset's config with the plan's overrides, its model shape, steps, lr and seed applied, checked
 with `scalekit.config.validate`. Its key is the sha256 of the canonical JSON of that config, leaving out fields that
 do not change the result (progress display, logging, observability, checkpoint cadence, mesh, compilation cache):
-the same experiment always gets the same key, so a result is never run or stored twice.
+the same experiment always gets the same key, so a result is never run or stored twice (`scalekit.runkey`).
+
+Runs never share a checkpoint directory: a plan that sets `checkpoint.dir` gives each run its own subdirectory
+`<checkpoint.dir>/<key[:12]>` (the same name as its run directory), so two runs never resume from each other.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import dataclasses
 import hashlib
 import importlib.util
 import itertools
-import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -31,11 +33,9 @@ import ml_collections
 
 from scalekit.config import ConfigError, default_config, resolve, validate
 from scalekit.model.counting import FLOP_CONVENTIONS, count_params, flops_per_token
+from scalekit.runkey import IDENTITY_EXCLUDE, run_key  # noqa: F401 - re-exported: the key lives in scalekit.runkey
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# Config fields that never change a run's result: they are left out of its key.
-IDENTITY_EXCLUDE = ("progress", "log_every", "profile_steps", "peak_flops", "compilation_cache_dir", "observe",
-                    "distributed", "checkpoint", "mesh", "data.worker_count", "data.prefetch")
 MODEL_FIELDS = tuple(default_config().model.keys())
 
 
@@ -213,16 +213,15 @@ def set_field(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
                         f"{type(old).__name__} is expected") from e
 
 
-def run_key(config: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of the config without the IDENTITY_EXCLUDE fields."""
-    doc = json.loads(json.dumps(dict(config)))
-    for dotted in IDENTITY_EXCLUDE:
-        node, parts = doc, dotted.split(".")
-        for part in parts[:-1]:
-            node = node.get(part, {})
-        node.pop(parts[-1], None)
-    canon = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(canon.encode()).hexdigest()
+def per_run_checkpoint_dir(directory: str, key: str) -> str:
+    """`<directory>/<key[:12]>`: one run's own checkpoint directory under a plan-wide `checkpoint.dir`.
+
+    Idempotent (a directory already ending in the run's key is kept); works for local paths and URLs (gs://...).
+    """
+    base = str(directory).rstrip("/")
+    if base.rsplit("/", 1)[-1] == key[:12]:
+        return base
+    return f"{base}/{key[:12]}"
 
 
 def data_vocab_size(data_cfg: ml_collections.ConfigDict) -> int:
@@ -326,7 +325,10 @@ def expand(plan: Plan) -> list[RunSpec]:
         tokens = steps * tokens_per_step
         n_total = count_params(rcfg.model, "total")
         flops_palm = flops_per_token(rcfg.model, cfg.data.seq_len, "palm") * tokens
-        spec = RunSpec(key=run_key(cfg.to_dict()), name=name, config=cfg.to_dict(), model=mname,
+        key = run_key(cfg.to_dict())
+        if cfg.checkpoint.dir:
+            cfg.checkpoint.dir = per_run_checkpoint_dir(cfg.checkpoint.dir, key)
+        spec = RunSpec(key=key, name=name, config=cfg.to_dict(), model=mname,
                        lr=float(cfg.optimizer.lr), seed=int(seed), steps=steps, tokens=tokens,
                        budget=float(amount) if plan.kind == "isoflop" else None, flop_convention=plan.flops,
                        n_params=n_total, n_params_nonembed=count_params(rcfg.model, "non_embedding"),

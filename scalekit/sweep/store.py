@@ -10,6 +10,11 @@ claim, result and reclaim, so every execution of every run can be audited.
 Another backend (for example a PostgreSQL shared by a team: `SELECT ... FOR UPDATE SKIP LOCKED`) implements the
 same `ResultsStore` methods and is returned by `open_store` for its URL. SQLite's locking needs a local file system
 (not NFS) for the WAL; that is the case such a backend is for.
+
+Opening a store checks it (`PRAGMA quick_check`, the SQLite header, the tables and the schema version in
+`PRAGMA user_version`): a damaged file raises `StoreDamagedError`, whose message points to `scalekit sweep repair
+DIR` (scalekit.sweep.repair), which rebuilds the store from the run directories. Reads never write: they use
+read-only connections (`file:...?mode=ro`), so a store on a read-only file or directory can still be read.
 """
 
 from __future__ import annotations
@@ -19,16 +24,20 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
-STATUSES = ("pending", "running", "done", "failed")
+STATUSES = ("pending", "running", "done", "failed", "diverged")   # diverged: non-finite loss; never retried
+SCHEMA_VERSION = 1  # PRAGMA user_version of a store this code writes; older unstamped stores are stamped on open
+SQLITE_HEADER = b"SQLite format 3\x00"
 RESULT_FIELDS = ("final_loss", "eval_loss", "eval_curve", "tokens", "flops", "flops_6n", "n_params",
                  "n_params_nonembed", "wall_time_s", "host")
 FRAME_COLUMNS = ("key", "name", "status", "n_params", "n_params_nonembed", "tokens", "flops", "flops_6n",
@@ -46,6 +55,20 @@ class Claim:
     config: dict[str, Any]
     reclaimed: bool  # taken over from a dead driver (stale heartbeat)
     retry: bool  # a retry of a failed run
+
+
+class StoreError(ValueError):
+    """The results store or its location cannot be used; the one-line message says what is wrong and the fix."""
+
+
+class StoreDamagedError(StoreError):
+    """The results store file is damaged (not SQLite, truncated, failing quick_check, or another schema)."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path, self.problem = Path(path), problem
+        sweep_dir = self.path.parent if self.path.name == "results.db" else self.path
+        super().__init__(f"results store {str(self.path)!r} is damaged: {problem}; rebuild it from the run "
+                         f"directories with `scalekit sweep repair {sweep_dir}` (the damaged file is kept aside)")
 
 
 class ResultsStore(abc.ABC):
@@ -73,6 +96,11 @@ class ResultsStore(abc.ABC):
         """Record a failed attempt with its error text."""
 
     @abc.abstractmethod
+    def diverge(self, claim: Claim, result: dict[str, Any], error: str, worker: str) -> bool:
+        """Record a run that diverged (its summary kept, never retried, skipped by fits); False when the claim was
+        lost."""
+
+    @abc.abstractmethod
     def release(self, claim: Claim, worker: str) -> None:
         """Give back a claim without counting the attempt (the driver was interrupted, not the run)."""
 
@@ -98,7 +126,7 @@ class ResultsStore(abc.ABC):
         out = {s: 0 for s in STATUSES}
         for r in self.rows():
             if wanted is None or r["key"] in wanted:
-                out[r["status"]] += 1
+                out[r["status"]] = out.get(r["status"], 0) + 1
         return out
 
 
@@ -109,7 +137,7 @@ def _now() -> float:
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
   key TEXT PRIMARY KEY, ord INTEGER NOT NULL, name TEXT NOT NULL,
-  status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+  status TEXT NOT NULL CHECK (length(status) > 0),
   source TEXT NOT NULL DEFAULT 'plan', config TEXT, fields TEXT,
   n_params INTEGER, n_params_nonembed INTEGER, tokens INTEGER, flops REAL, flops_6n REAL,
   final_loss REAL, eval_loss REAL, eval_curve TEXT, wall_time_s REAL, host TEXT, summary TEXT,
@@ -122,6 +150,90 @@ CREATE INDEX IF NOT EXISTS runs_status ON runs (status, ord);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 """
 _JSON_COLUMNS = ("config", "fields", "eval_curve", "summary")
+_TABLES = {"runs": ("key", "ord", "name", "status", "source", "config", "fields", "n_params", "n_params_nonembed",
+                    "tokens", "flops", "flops_6n", "final_loss", "eval_loss", "eval_curve", "wall_time_s", "host",
+                    "summary", "attempts", "error", "claim_token", "worker", "heartbeat", "created", "started",
+                    "finished"),
+           "events": ("id", "time", "key", "event", "worker", "attempt", "detail"),
+           "meta": ("k", "v")}
+
+
+def _ro_uri(path: Path, immutable: bool = False) -> str:
+    """The read-only SQLite URI of a file (immutable: no -shm/-wal needed, for a read-only directory)."""
+    return f"file:{quote(str(path.resolve()))}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def check_store(path: str | Path, timeout_s: float = 60.0) -> int | None:
+    """Check a store file without writing to it: the schema version it holds (0: unstamped), or None if it is new.
+
+    New means missing, or an SQLite file with no tables at all. Raises StoreDamagedError for a 0-byte file, a file
+    that is not SQLite, one that fails `PRAGMA quick_check`, tables or columns that are not a results store's, or a
+    schema version newer than this code's.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    if path.is_dir():
+        raise StoreError(f"results store {str(path)!r} is a directory, not an SQLite file")
+    size = path.stat().st_size
+    if size == 0:
+        raise StoreDamagedError(path, "it is an empty (0-byte) file, not an empty sweep")
+    with open(path, "rb") as f:
+        head = f.read(len(SQLITE_HEADER))
+    if head != SQLITE_HEADER:
+        what = "shorter than an SQLite header" if len(head) < len(SQLITE_HEADER) else f"it starts with {head[:8]!r}"
+        raise StoreDamagedError(path, f"not an SQLite database ({size} bytes, {what})")
+    try:
+        db = _connect_ro(path, timeout_s)
+        try:
+            problems = [r[0] for r in db.execute("PRAGMA quick_check(5)").fetchall()]
+            if problems != ["ok"]:
+                raise StoreDamagedError(path, "quick_check failed: " + " | ".join(map(str, problems)).replace(
+                    "\n", " "))
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"results store {str(path)!r} has schema version {version}, newer than this "
+                                 f"scalekit's {SCHEMA_VERSION}: upgrade scalekit to read it")
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables.discard("sqlite_sequence")
+            if not tables and version == 0:
+                return None
+            missing = sorted(set(_TABLES) - tables)
+            if missing:
+                raise StoreDamagedError(path, f"wrong schema: tables {sorted(tables)} lack {missing}")
+            for table, cols in _TABLES.items():
+                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                lack = [c for c in cols if c not in have]
+                if lack:
+                    raise StoreDamagedError(path, f"wrong schema: table {table!r} lacks columns {lack}")
+            if version == 0:
+                row = db.execute("SELECT v FROM meta WHERE k = 'schema_version'").fetchone()
+                if row is not None and str(row[0]) != "1":
+                    raise StoreDamagedError(path, f"unknown schema_version {row[0]!r} in its meta table")
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise StoreDamagedError(path, f"SQLite cannot read it ({e})") from e
+    return version
+
+
+def _connect_ro(path: Path, timeout_s: float) -> sqlite3.Connection:
+    """A read-only connection; in a directory we cannot write (no -shm possible) the file is opened immutable."""
+    db = sqlite3.connect(_ro_uri(path), uri=True, timeout=timeout_s, isolation_level=None)
+    try:
+        db.execute("PRAGMA schema_version").fetchone()  # opens the file now, so a failure shows here
+    except sqlite3.OperationalError:
+        db.close()
+        if os.access(path.parent, os.W_OK):
+            raise
+        wal = Path(f"{path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:  # immutable would ignore the WAL: stale results, silently
+            raise StoreError(f"results store {str(path)!r} has a write-ahead log (-wal) but no -shm, in a directory "
+                             "this user cannot write: copy the sweep directory somewhere writable to read it") from None
+        db = sqlite3.connect(_ro_uri(path, immutable=True), uri=True, timeout=timeout_s, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+    return db
 
 
 def _clean(x: Any) -> Any:
@@ -140,18 +252,46 @@ def _dumps(x: Any) -> str | None:
 
 
 class SQLiteStore(ResultsStore):
-    """The ResultsStore on one SQLite file (WAL mode, one short transaction per change)."""
+    """The ResultsStore on one SQLite file (WAL mode, one short transaction per change).
 
-    def __init__(self, path: str | Path, timeout_s: float = 60.0):
+    Opening checks the file (`check_store`) and raises StoreDamagedError when it is damaged. With `create` (the
+    default) a missing store is created and an unstamped one stamped with SCHEMA_VERSION; with `create=False` the
+    file must exist and opening writes nothing. `readonly` refuses every write. Reads always use read-only
+    connections.
+    """
+
+    def __init__(self, path: str | Path, timeout_s: float = 60.0, *, create: bool = True, readonly: bool = False):
         self.path = Path(path)
         self.timeout_s = timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._tx() as db:
-            for stmt in filter(str.strip, _SCHEMA.split(";")):
-                db.execute(stmt)
-            db.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('schema_version', '1')")
+        self.readonly = readonly
+        version = check_store(self.path, timeout_s)
+        if version is None and (readonly or not create):
+            raise FileNotFoundError(f"no sweep results at {str(self.path)!r} (run `scalekit sweep run PLAN "
+                                    f"--workdir {self.path.parent}` first)")
+        if version == SCHEMA_VERSION or readonly or not create:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._tx() as db:
+                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(stmt)
+                db.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('schema_version', '1')")
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except (OSError, sqlite3.OperationalError) as e:
+            raise StoreError(f"cannot {'create' if version is None else 'stamp'} the results store at "
+                             f"{str(self.path)!r}: {getattr(e, 'strerror', None) or e}") from e
+
+    def _connect_read(self) -> sqlite3.Connection:
+        """A read-only connection: reads never write, so a read-only file or directory can still be read."""
+        try:
+            return _connect_ro(self.path, self.timeout_s)
+        except sqlite3.DatabaseError as e:
+            raise StoreDamagedError(self.path, f"SQLite cannot read it ({e})") from e
 
     def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            raise StoreError(f"results store {str(self.path)!r} was opened read-only; open it with "
+                             "open_store(DIR) to change it")
         db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
@@ -260,6 +400,20 @@ class SQLiteStore(ResultsStore):
             self._event(db, claim.key, "failed" if cur.rowcount else "failed_after_lost", worker, claim.attempt,
                         error[-500:])
 
+    def diverge(self, claim: Claim, result: dict[str, Any], error: str, worker: str) -> bool:
+        try:
+            with self._tx() as db:
+                cur = db.execute("UPDATE runs SET status = 'diverged', claim_token = NULL, error = ?, finished = ?, "
+                                 "summary = ? WHERE key = ? AND claim_token = ? AND status = 'running'",
+                                 (error, _now(), _dumps(result), claim.key, claim.token))
+                ok = cur.rowcount == 1
+                self._event(db, claim.key, "diverged" if ok else "diverged_after_lost", worker, claim.attempt,
+                            error[-500:])
+            return ok
+        except sqlite3.IntegrityError:     # a store made before 'diverged' existed (its CHECK lists 4 statuses)
+            self.fail(claim, error, worker)
+            return True
+
     def release(self, claim: Claim, worker: str) -> None:
         with self._tx() as db:
             cur = db.execute("UPDATE runs SET status = ?, attempts = MAX(attempts - 1, 0), claim_token = NULL "
@@ -287,7 +441,7 @@ class SQLiteStore(ResultsStore):
         return new
 
     def rows(self) -> list[dict[str, Any]]:
-        db = self._connect()
+        db = self._connect_read()
         try:
             rows = [dict(r) for r in db.execute("SELECT * FROM runs ORDER BY ord")]
         finally:
@@ -298,7 +452,7 @@ class SQLiteStore(ResultsStore):
         return rows
 
     def counts(self, keys: Sequence[str] | None = None) -> dict[str, int]:
-        db = self._connect()
+        db = self._connect_read()
         try:
             rows = db.execute("SELECT key, status FROM runs").fetchall()
         finally:
@@ -307,11 +461,11 @@ class SQLiteStore(ResultsStore):
         out = {s: 0 for s in STATUSES}
         for r in rows:
             if wanted is None or r["key"] in wanted:
-                out[r["status"]] += 1
+                out[r["status"]] = out.get(r["status"], 0) + 1
         return out
 
     def events(self, key: str | None = None) -> list[dict[str, Any]]:
-        db = self._connect()
+        db = self._connect_read()
         try:
             q = "SELECT * FROM events" + (" WHERE key = ?" if key else "") + " ORDER BY id"
             return [dict(r) for r in db.execute(q, (key,) if key else ())]
@@ -335,20 +489,30 @@ def store_path(sweep_dir: str | Path) -> Path:
     return p if p.suffix == ".db" else p / "results.db"
 
 
-def open_store(location: str | Path, create: bool = True) -> ResultsStore:
-    """The store for a sweep directory (SQLite at <dir>/results.db) or, in future, a database URL."""
+def open_store(location: str | Path, create: bool = True, readonly: bool = False) -> ResultsStore:
+    """The store for a sweep directory (SQLite at <dir>/results.db) or, in future, a database URL.
+
+    create=False: the store must exist and opening writes nothing; readonly=True also refuses every write (what
+    read-only commands use). A damaged store raises StoreDamagedError; a location that cannot hold a store (a file
+    where the directory should be) raises StoreError.
+    """
     loc = str(location)
     if "://" in loc:
         scheme = loc.split("://", 1)[0]
         if scheme == "sqlite":
-            return SQLiteStore(loc.split("://", 1)[1])
+            return SQLiteStore(loc.split("://", 1)[1], create=create, readonly=readonly)
         raise NotImplementedError(f"results store backend {scheme!r} is not built yet; implement "
                                   "scalekit.sweep.store.ResultsStore for it and return it from open_store")
     path = store_path(loc)
-    if not create and not path.exists():
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise StoreError(f"sweep directory {loc!r}: {str(parent)!r} is a file, not a directory")
+            break
+    if (not create or readonly) and not path.exists():
         raise FileNotFoundError(f"no sweep results at {str(path)!r} (run `scalekit sweep run PLAN --workdir "
                                 f"{loc}` first)")
-    return SQLiteStore(path)
+    return SQLiteStore(path, create=create, readonly=readonly)
 
 
 def frame_from_rows(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -375,4 +539,4 @@ def load_sweep_frame(sweep_dir: str | Path) -> pd.DataFrame:
     error, source ('plan' or 'ingest:<file>'), plus the plan fields (model, lr, seed, steps, budget,
     flop_convention, flops_plan) and any extra columns of ingested rows.
     """
-    return frame_from_rows(open_store(sweep_dir, create=False).rows())
+    return frame_from_rows(open_store(sweep_dir, create=False, readonly=True).rows())

@@ -3,6 +3,14 @@
 `train(cfg, workdir)` is what `scalekit train` runs. It validates the config before touching a device, builds the
 mesh and shardings, restores the latest good checkpoint if there is one, then runs the steps, fetching each step's
 metrics one step late so the host never makes the device wait.
+
+Nothing silently wrong: the trainer holds `<workdir>/trainer.lock` (and that of a separate local checkpoint.dir)
+for its lifetime, so a second trainer on the same workdir fails at once, naming the PID that holds it. A non-finite
+loss or gradient norm, seen in the one-step-late metrics, stops the run with one line on stderr and a summary with
+"status": "diverged" and the step; that step is neither logged nor saved (the checkpoint just before it may already
+hold the parameters that produced it). A finished run's summary has "status": "done" and, when its final eval loss
+is not below the loss of predicting the data's unigram distribution, "flags": ["no_better_than_unigram"].
+Checkpoints carry the run's identity (`scalekit.runkey`), so a workdir never resumes another run's checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from scalekit import config as config_lib
+from scalekit import runkey
 from scalekit.checkpoint import Checkpointer, load_params, restore_target
 from scalekit.data.pipeline import data_info, make_batches
 from scalekit.model import counting
@@ -31,6 +40,7 @@ from scalekit.observe.metrics import MetricsRecorder
 from scalekit.observe.profile import Profiler
 from scalekit.parallel.mesh import batch_sharding, check_batch, make_mesh
 from scalekit.train import mfu as mfu_lib
+from scalekit.train.guards import Diverged, check_finite, summary_flags, unigram_loss, workdir_lock
 from scalekit.train.optim import make_optimizer, schedule, set_total_steps
 from scalekit.train.preemption import PreemptionGuard
 from scalekit.train.state import abstract_state, init_state, state_shardings
@@ -66,13 +76,38 @@ def prepare(cfg: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, 
     return config_lib.resolve(cfg, info.vocab_size), info
 
 
+def run_identity(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """{"run_key", "config"}: the run's key (the sweep store's, for the config as given) and its identity fields."""
+    doc = cfg.to_dict()
+    return {"run_key": runkey.run_key(doc, allow_nan=True), "config": runkey.identity(doc)}
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Train to `cfg.steps`, resuming from `workdir`'s checkpoints; returns the summary written to summary.json."""
+    """Train to `cfg.steps`, resuming from `workdir`'s checkpoints; returns the summary written to summary.json.
+
+    The summary's "status" is "done", "diverged" (see the module doc) or "preempted" (saved and stopped early; no
+    summary.json is written). Raises guards.WorkdirBusy when another trainer holds the workdir.
+    """
     goodput = Goodput()
     start_time = time.time()
     workdir = Path(workdir)
+    identity = run_identity(cfg)
     cfg, info = prepare(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock(workdir, _separate_local_dir(cfg.checkpoint.dir, workdir), enabled=jax.process_index() == 0):
+        return _train(cfg, info, workdir, identity, goodput, start_time)
+
+
+def _separate_local_dir(directory: str, workdir: Path) -> Path | None:
+    """`checkpoint.dir` when it is a local directory outside the workdir (it then gets a trainer lock of its own)."""
+    if not directory or "://" in directory:
+        return None
+    path = Path(directory).expanduser().resolve()
+    return None if path.is_relative_to(workdir.resolve()) else path
+
+
+def _train(cfg: ml_collections.ConfigDict, info: Any, workdir: Path, identity: dict[str, Any], goodput: Goodput,
+           start_time: float) -> dict[str, Any]:
     process_index, process_count = jax.process_index(), jax.process_count()
     if process_index == 0:
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2, sort_keys=True))
@@ -101,7 +136,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
                                    prometheus_port=cfg.observe.prometheus_port,
                                    prometheus_host=cfg.observe.prometheus_host, tensorboard=cfg.observe.tensorboard,
                                    goodput=goodput)
-        ckpt = Checkpointer(cfg, workdir)
+        ckpt = Checkpointer(cfg, workdir, identity=identity)
 
     _log(f"{n_total:,} parameters ({n_nonembed:,} non-embedding) on mesh {dict(mesh.shape)}; "
          f"{info.description}")
@@ -151,6 +186,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
             return
         step_no, metrics_dev, data_wait, lr = item
         metrics = jax.device_get(metrics_dev)
+        check_finite(step_no, metrics)  # raises Diverged: nothing from this step on is logged or saved
         now = time.perf_counter()
         step_time, step_clock = now - step_clock, now
         last_loss = float(metrics["loss"])
@@ -167,6 +203,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
 
     lr_at = schedule(cfg.optimizer, cfg.steps)
     step = start_step
+    diverged: Diverged | None = None
     try:
         while step < cfg.steps:
             profiler.maybe_start(step)
@@ -203,36 +240,73 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
                 with goodput.phase("checkpoint_save"), recorder.checkpoint_save():
                     ckpt.wait()
                 _log(f"received {guard.signal_name}: saved step {step} to {ckpt.directory}; exiting cleanly")
-                return {"preempted": True, "step": step, "checkpoint": str(ckpt.directory)}
+                return {"status": "preempted", "preempted": True, "step": step,
+                        "checkpoint": str(ckpt.directory)}
         flush(pending)
         with goodput.phase("checkpoint_save"), recorder.checkpoint_save():
             ckpt.wait()
+    except Diverged as e:
+        diverged = e
     finally:
         if bar is not None:
             bar.close()
         guard.restore()
         profiler.close()
-        if step < cfg.steps:  # preempted or failed: finish pending saves and flush the metrics
+        if step < cfg.steps or diverged is not None:  # preempted, diverged or failed: finish saves, flush metrics
             _close_quietly(ckpt, recorder)
 
+    if diverged is not None:
+        summary = {"status": "diverged", "step": diverged.step, "reason": diverged.reason,
+                   "loss": _json_float(diverged.loss), "grad_norm": _json_float(diverged.grad_norm),
+                   "steps": cfg.steps, "eval_curve": eval_curve, "run_key": identity["run_key"],
+                   "wall_time_s": time.time() - start_time, "host": socket.gethostname(),
+                   "process_count": process_count}
+        if process_index == 0:
+            _write_summary(workdir, summary)
+            _log(f"diverged: non-finite {diverged.reason} at step {diverged.step} (loss {diverged.loss}, grad_norm "
+                 f"{diverged.grad_norm}); stopped; status in {workdir / 'summary.json'}")
+        return summary
+
     goodput.export(recorder)
+    unigram = _unigram_loss(cfg.data)
+    flags = summary_flags(last_eval, unigram)
     summary = {
-        "final_loss": last_loss, "eval_loss": last_eval, "eval_curve": eval_curve,
+        "status": "done", "flags": flags, "final_loss": last_loss, "eval_loss": last_eval, "eval_curve": eval_curve,
         "tokens": cfg.steps * tokens_per_step, "flops": cfg.steps * tokens_per_step * flops_per_token,
         "flops_6n": 6.0 * n_total * cfg.steps * tokens_per_step, "n_params": n_total,
         "n_params_nonembed": n_nonembed, "steps": cfg.steps, "wall_time_s": time.time() - start_time,
-        "entropy_floor": info.entropy_floor, "host": socket.gethostname(), "process_count": process_count,
-        "goodput": goodput.summary(),
+        "entropy_floor": info.entropy_floor, "unigram_loss": unigram, "run_key": identity["run_key"],
+        "host": socket.gethostname(), "process_count": process_count, "goodput": goodput.summary(),
     }
     if process_index == 0:
-        tmp = workdir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(workdir / "summary.json")
+        _write_summary(workdir, summary)
         _log(goodput.report())
+        if flags:
+            _log(f"flags: {', '.join(flags)} (eval loss {last_eval:.4f} is not below the unigram loss "
+                 f"{unigram:.4f} of the data)")
         _log(f"done: loss {last_loss:.4f}, eval loss {last_eval:.4f}; metrics in {workdir / 'metrics.jsonl'}")
     ckpt.close()
     recorder.close()
     return summary
+
+
+def _write_summary(workdir: Path, summary: dict[str, Any]) -> None:
+    tmp = workdir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(workdir / "summary.json")
+
+
+def _json_float(x: float) -> float | str:
+    """A float for strict JSON: non-finite values as their names ("nan", "inf", "-inf")."""
+    return x if math.isfinite(x) else str(x)
+
+
+def _unigram_loss(data_cfg: Any) -> float | None:
+    try:
+        return unigram_loss(data_cfg)
+    except Exception as e:  # noqa: BLE001 - a baseline must never fail a finished run
+        _log(f"could not compute the unigram baseline of the data: {type(e).__name__}: {e}")
+        return None
 
 
 def _close_quietly(*closables: Any) -> None:

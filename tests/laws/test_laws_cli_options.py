@@ -325,3 +325,17 @@ def test_approach2_reports_its_simulated_bias_on_the_grid(tmp_path, capsys):
     assert by["parabola"]["severity"] == "warning" and "bias" in by["parabola"]["message"]
     assert by["robust"]["severity"] == "info"
     assert abs(by["robust"]["detail"]["a_bias"]) < abs(by["parabola"]["detail"]["a_bias"])
+
+
+def test_fit_skips_diverged_runs_and_says_how_many(tmp_path, capsys):
+    store_mod = pytest.importorskip("scalekit.sweep.store")
+    grid = [(n, d, None) for n, d in zip(*(a.ravel() for a in np.meshgrid(np.geomspace(5e7, 5e9, 6),
+                                                                         np.geomspace(1e9, 2e11, 6))))]
+    sweep = _sweep(tmp_path, grid)
+    store = store_mod.open_store(sweep)
+    store.add_runs([{"key": "bad", "name": "bad", "config": {}, "fields": {"steps": 10}, "n_params": 10 ** 8}])
+    claim = store.claim("test", keys=["bad"])
+    assert store.diverge(claim, {"status": "diverged", "step": 3}, "diverged: non-finite loss at step 3", "test")
+    res = _run_json(capsys, [sweep])
+    assert res["n_points"] == 36                                        # the diverged run is not fitted
+    assert any("36 of 37 runs done; skipped: 1 diverged" in n for n in res["conventions"]), res["conventions"]
