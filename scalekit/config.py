@@ -133,9 +133,25 @@ def _get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
     return node
 
 
+def _leaves(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, value) for every non-group field."""
+    out: list[tuple[str, Any]] = []
+    for key, value in cfg.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Check every field; raise ConfigError listing each problem with its fix."""
     problems: list[str] = []
+    for name, value in _leaves(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{name}={value!r} is not a finite number; set --config.{name} to a finite value")
+    if problems:  # the range checks below would only repeat these
+        raise ConfigError("invalid config: " + "; ".join(problems))
     for name, choices in _CHOICES.items():
         value = _get(cfg, name)
         if value not in choices:
@@ -146,6 +162,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     for name in _NON_NEGATIVE:
         if not _get(cfg, name) >= 0:
             problems.append(f"{name}={_get(cfg, name)!r} must be >= 0")
+    port = cfg.observe.prometheus_port
+    if port > 65535:
+        problems.append(f"observe.prometheus_port={port} is not a TCP port; use 1..65535 (0 = off)")
     m = cfg.model
     if m.n_heads > 0 and m.head_dim == 0 and m.d_model % m.n_heads:
         problems.append(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; "
@@ -186,12 +205,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         problems.append("data.source='tokens' needs data.path: a .bin (raw uint16/uint32) or .npy token file")
     if cfg.profile_steps and not re.fullmatch(r"\d+:\d+", cfg.profile_steps):
         problems.append(f"profile_steps={cfg.profile_steps!r} must look like A:B (first step, step after the last)")
-    if cfg.profile_steps:
+    elif cfg.profile_steps:
         a, b = map(int, cfg.profile_steps.split(":"))
         if b <= a:
             problems.append(f"profile_steps={cfg.profile_steps!r}: B must be greater than A")
     if problems:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+        raise ConfigError("invalid config: " + "; ".join(problems))
 
 
 def resolve(cfg: ml_collections.ConfigDict, vocab_size: int | None = None) -> ml_collections.ConfigDict:

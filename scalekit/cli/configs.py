@@ -11,6 +11,7 @@ import ast
 import difflib
 import importlib.util
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,19 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     if not path.exists():
         raise ConfigError(f"--config {spec!r}: file {path} does not exist (presets live in configs/train.py, e.g. "
                           "--config configs/train.py:tiny)")
+    if path.is_dir():
+        raise ConfigError(f"--config {spec!r}: {path} is a directory; give a .py file with get_config() or a .json "
+                          "config")
     if path.suffix == ".json":
         try:
             loaded = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"--config {spec!r}: not valid JSON ({e})") from e
+        except OSError as e:
+            raise ConfigError(f"--config {spec!r}: cannot read {path} ({e.strerror or e})") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {spec!r}: a JSON config must be an object of fields, got "
+                              f"{type(loaded).__name__}")
         cfg = default_config()
         _merge(cfg, loaded, "")
         return cfg
@@ -38,14 +47,48 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     if module_spec is None or module_spec.loader is None:
         raise ConfigError(f"--config {spec!r}: cannot import {path}")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"--config {spec!r}: syntax error in {e.filename or path} line {e.lineno}: {e.msg}") from e
+    except Exception as e:  # noqa: BLE001 - any failure of the user's file is a config error, in one line
+        raise ConfigError(f"--config {spec!r}: importing {path} failed: {_describe(e)}") from e
+    if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"--config {spec!r}: {path} has no get_config() function")
     try:
         cfg = module.get_config(arg) if arg else module.get_config()
-    except ValueError as e:
-        raise ConfigError(f"--config {spec!r}: {e}") from e
+    except ValueError as e:  # e.g. an unknown preset: the file's own message
+        raise ConfigError(f"--config {spec!r}: {_one_line(str(e))}") from e
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"--config {spec!r}: get_config({arg!r}) in {path} raised {_describe(e)}") from e
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigError(f"--config {spec!r}: get_config() returned {type(cfg).__name__}, not a ConfigDict; "
+                          "start from scalekit.config.default_config()")
+    missing = sorted(set(_leaf_names(default_config())) - set(_leaf_names(cfg)))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ConfigError(f"--config {spec!r}: get_config() returned a config without {shown}; start from "
+                          "scalekit.config.default_config()")
     return cfg
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _describe(e: BaseException) -> str:
+    text = _one_line(str(e))
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _leaf_names(cfg: Any, prefix: str = "") -> list[str]:
+    names: list[str] = []
+    for key, value in cfg.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            names += _leaf_names(value, f"{prefix}{key}.")
+        else:
+            names.append(f"{prefix}{key}")
+    return names
 
 
 def _merge(cfg: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
@@ -54,6 +97,9 @@ def _merge(cfg: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
         if key not in cfg:
             raise ConfigError(f"config file sets unknown field {name!r}")
         if isinstance(cfg[key], ml_collections.ConfigDict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config file sets group {name!r} to {value!r}; it must be an object of fields: "
+                                  f"{sorted(cfg[key].keys())}")
             _merge(cfg[key], value, name + ".")
         else:
             cfg[key] = _coerce(name, cfg[key], value)
@@ -62,13 +108,17 @@ def _merge(cfg: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
 def _coerce(name: str, current: Any, value: Any) -> Any:
     """Convert `value` (a string from the command line, or a JSON value) to the type of `current`."""
     if isinstance(value, str) and not isinstance(current, str):
+        if value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            raise ConfigError(f"--config.{name}={value!r} is not a finite number; give a finite value")
         try:
             value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             if isinstance(current, bool) and value.lower() in ("true", "false"):
                 value = value.lower() == "true"
             else:
-                raise ConfigError(f"--config.{name}={value!r}: expected a {type(current).__name__}") from None
+                kind = ("true or false" if isinstance(current, bool) else "an integer" if isinstance(current, int)
+                        else "a number" if isinstance(current, float) else f"a {type(current).__name__}")
+                raise ConfigError(f"--config.{name}={value!r}: expected {kind}") from None
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"--config.{name}={value!r}: expected true or false")
@@ -82,8 +132,16 @@ def _coerce(name: str, current: Any, value: Any) -> Any:
     if isinstance(current, float):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"--config.{name}={value!r}: expected a number")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise ConfigError(f"--config.{name}={value!r} is not a finite number; give a finite value")
+        return value
     if isinstance(current, str):
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"--config.{name}={value!r}: expected a string")
         return str(value)
     return value
 

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -25,9 +27,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check(args: argparse.Namespace) -> str | None:
+    """The first problem with the arguments, as one line naming the flag and the fix; None when they are fine."""
+    sweep = Path(args.sweep_dir)
+    if not sweep.exists():
+        return (f"no sweep results at {sweep}: no such directory (run `scalekit sweep run PLAN --workdir {sweep}` "
+                "first)")
+    if not sweep.is_dir():
+        return f"{sweep} is a file; give a sweep directory (the one holding results.db)"
+    if args.bootstrap < 0:
+        return f"--bootstrap {args.bootstrap}: must be >= 0 (0 = no intervals)"
+    if not (math.isfinite(args.level) and 0 < args.level < 1):
+        return f"--level {args.level}: must lie strictly between 0 and 1 (e.g. 0.95)"
+    out = Path(args.out) if args.out else sweep / "report"
+    if out.exists() and not out.is_dir():
+        return f"--out {out}: is a file; give a directory for the report"
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"--out {out}: {probe} is a file, so the directory cannot be created; give another path"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"--out {out}: {probe} is not writable; give a directory you can write to"
+    return None
+
+
 def main(argv: list[str]) -> int:
-    """Entry point of `scalekit report`; exit code 0 on success, 2 for a missing or empty sweep."""
+    """Entry point of `scalekit report`; exit code 0 on success, 2 for a missing or empty sweep or bad arguments."""
     args = _parser().parse_args(argv)
+    problem = _check(args)
+    if problem:
+        print(f"scalekit report: error: {problem}", file=sys.stderr)
+        return 2
     os.environ.setdefault("MPLBACKEND", "Agg")
     cache = Path(args.sweep_dir) / "xla_cache"
     if cache.is_dir() and "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the sweep's cache: refits compile fast
@@ -40,15 +71,21 @@ def main(argv: list[str]) -> int:
     sweep = Path(args.sweep_dir)
     try:
         results = load_sweep(sweep)
-    except FileNotFoundError as err:
-        print(f"scalekit report: error: {err}", file=sys.stderr)
+    except (OSError, ValueError, sqlite3.Error) as err:  # missing/unreadable/damaged store: one line
+        print(f"scalekit report: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     if len(results) < 3:
         print(f"scalekit report: error: {sweep} has {len(results)} finished run(s) with a loss; a report needs at "
               "least 3 (run the sweep first: scalekit sweep run PLAN --workdir DIR)", file=sys.stderr)
         return 2
-    rep = write_report(results, args.out, bootstrap=args.bootstrap, level=args.level, seed=args.seed,
-                       title=args.title)
+    try:
+        rep = write_report(results, args.out, bootstrap=args.bootstrap, level=args.level, seed=args.seed,
+                           title=args.title)
+    except OSError as err:
+        where = err.filename or args.out or sweep / "report"
+        print(f"scalekit report: error: cannot write the report to {where} ({err.strerror or err}); give --out a "
+              "writable directory", file=sys.stderr)
+        return 2
     if not args.quiet:
         print(rep.fits.summary())
         print()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import tempfile
 from typing import Any
 
@@ -27,8 +25,19 @@ init_from) and DIR/summary.json."""
 
 def _strip_json(path: str) -> tuple[str, dict]:
     """A JSON config without its `rl` and `stage` groups (written to a temp file), and the `rl` group."""
-    doc = json.loads(open(path).read())
+    try:
+        doc = json.loads(open(path).read())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path!r}: file does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"--config {path!r}: cannot read it ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {path!r}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"--config {path!r}: a JSON config must be an object of fields, got {type(doc).__name__}")
     rl_doc = doc.pop("rl", None) or {}
+    if not isinstance(rl_doc, dict):
+        raise ConfigError(f"--config {path!r}: 'rl' must be an object of RL settings, got {rl_doc!r}")
     doc.pop("stage", None)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(doc, f)
@@ -37,7 +46,7 @@ def _strip_json(path: str) -> tuple[str, dict]:
 
 def parse_rl_args(argv: list[str]) -> tuple[Any, list[str]]:
     """(config with an `rl` group, the other args): `--config.rl.*` overrides apply once the group is added."""
-    from scalekit.cli.configs import apply_override, parse_config_args  # noqa: PLC0415
+    from scalekit.cli.configs import _coerce, apply_override, parse_config_args  # noqa: PLC0415
     from scalekit.posttrain.grpo import default_rl_config  # noqa: PLC0415
 
     base: list[str] = []
@@ -73,10 +82,26 @@ def parse_rl_args(argv: list[str]) -> tuple[Any, list[str]]:
     for k, v in rl_doc.items():
         if k not in cfg.rl:
             raise ConfigError(f"rl.{k} is not an RL setting; known: {sorted(cfg.rl.keys())}")
-        cfg.rl[k] = type(cfg.rl[k])(v)
+        cfg.rl[k] = _coerce(f"rl.{k}", cfg.rl[k], v)
     for key, value in rl_overrides:
         apply_override(cfg, key, value)
     return cfg, rest
+
+
+def check_init_from(init_from: str) -> None:
+    """Refuse a local init_from that is missing or holds no checkpoint steps, before any model is built."""
+    from scalekit.checkpoint import CheckpointError, resolve_checkpoint_dir  # noqa: PLC0415
+    if "://" in init_from:
+        return
+    directory, step = resolve_checkpoint_dir(init_from)
+    if step is not None:
+        return
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"init_from={init_from!r} is not a directory; point it at a trained run's workdir "
+                              "(the one with checkpoints/)")
+    if not any(name.isdigit() for name in os.listdir(directory)):
+        raise CheckpointError(f"init_from={init_from!r}: no checkpoint steps in {directory}; point it at a trained "
+                              "run's workdir (the one with checkpoints/)")
 
 
 def main(argv: list[str]) -> int:
@@ -84,22 +109,24 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    from scalekit.checkpoint import CheckpointError  # noqa: PLC0415
+    from scalekit.cli.train import OneLineParser, UsageError, check_workdir, fail  # noqa: PLC0415
+    from scalekit.data.errors import DataError  # noqa: PLC0415
+    from scalekit.posttrain.rl import prepare_rl_config, run_grpo  # noqa: PLC0415
+    parser = OneLineParser(prog="scalekit rl", usage=USAGE)
+    parser.add_argument("--workdir", required=True)
     try:
         cfg, rest = parse_rl_args(argv)
-    except ConfigError as e:
-        print(f"scalekit rl: {e}", file=sys.stderr)
-        return 2
-    parser = argparse.ArgumentParser(prog="scalekit rl", usage=USAGE)
-    parser.add_argument("--workdir", required=True)
-    args = parser.parse_args(rest)
-    from scalekit.checkpoint import CheckpointError  # noqa: PLC0415
-    from scalekit.data.errors import DataError  # noqa: PLC0415
-    from scalekit.posttrain.rl import run_grpo  # noqa: PLC0415
+        args = parser.parse_args(rest)
+        prepare_rl_config(cfg)  # again in run_grpo(); here so a bad config is refused before anything is built
+        check_workdir(args.workdir)
+        check_init_from(cfg.init_from)
+    except (ConfigError, UsageError, CheckpointError, DataError) as e:
+        return fail("scalekit rl", e)
     try:
         summary = run_grpo(cfg, args.workdir)
     except (ConfigError, CheckpointError, DataError) as e:  # e.g. init_from with no usable checkpoint: one line
-        print(f"scalekit rl: {e}", file=sys.stderr)
-        return 2
+        return fail("scalekit rl", e)
     print(f"test accuracy {summary['initial_test_accuracy']:.3f} -> {summary['test_accuracy']:.3f}; metrics: "
           f"{os.path.join(args.workdir, 'metrics.jsonl')}")
     return 0

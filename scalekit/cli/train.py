@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from scalekit.config import ConfigError
 
@@ -27,19 +28,61 @@ EXIT_DIVERGED = 3
 EXIT_BUSY = 4
 
 
+class UsageError(Exception):
+    """A bad command line: printed as one line `<prog>: error: ...`, exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error raises UsageError (one line) instead of printing the usage block."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def one_line(text: object) -> str:
+    """Any message as one line (newlines and runs of spaces collapsed)."""
+    return " ".join(str(text).split())
+
+
+def fail(prog: str, message: object) -> int:
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def check_workdir(workdir: str, flag: str = "--workdir") -> None:
+    """Refuse a workdir that is a file, lies under a file, or cannot be written; raise ConfigError naming it."""
+    if not workdir.strip():
+        raise ConfigError(f"{flag} is empty; give a directory, e.g. {flag} runs/tiny")
+    path = Path(workdir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {workdir}: is a file, not a directory; give a new or existing directory")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"{flag} {workdir}: {probe} is a file, so the directory cannot be created; give another "
+                          "path")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {workdir}: {probe} is not writable; give a directory you can write to")
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
     from scalekit.cli.configs import parse_config_args
+    from scalekit.config import validate
+    parser = OneLineParser(prog="scalekit train", usage=USAGE)
+    parser.add_argument("--workdir", required=True, help="where metrics, checkpoints and the summary go")
     try:
         cfg, rest = parse_config_args(argv)
-    except ConfigError as e:
-        print(f"scalekit train: {e}", file=sys.stderr)
-        return 2
-    parser = argparse.ArgumentParser(prog="scalekit train", usage=USAGE)
-    parser.add_argument("--workdir", required=True, help="where metrics, checkpoints and the summary go")
-    args = parser.parse_args(rest)
+        args = parser.parse_args(rest)
+        validate(cfg)  # again in train(); here so that a bad config is refused before the workdir is touched
+        check_workdir(args.workdir)
+    except (ConfigError, UsageError) as e:
+        return fail("scalekit train", e)
 
     # Multi-host initialisation must come before any other JAX call.
     try:
@@ -64,7 +107,7 @@ def main(argv: list[str]) -> int:
         if initialize is not None:
             from scalekit.parallel.distributed import report_failure
             report_failure(f"config error: {e}")  # peers exit instead of waiting for this process
-        print(f"scalekit train: {e}", file=sys.stderr)
+        fail("scalekit train", e)
         return EXIT_BUSY if isinstance(e, WorkdirBusy) else EXIT_CONFIG
     except BaseException as e:
         if initialize is not None:

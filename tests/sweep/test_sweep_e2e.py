@@ -68,7 +68,7 @@ def test_tiny_sweep_trains_records_a_failure_and_fits(tmp_path: Path) -> None:
     assert res.returncode == 1, res.stdout + res.stderr
     assert "failed tiny_S10 after 1 attempt(s)" in res.stdout and "/nonexistent/checkpoint" in res.stdout
     status = json.loads(_sweep("status", str(workdir), "--json").stdout)
-    assert status["counts"] == {"pending": 0, "running": 0, "done": len(planned), "failed": 1}
+    assert status["counts"] == {"pending": 0, "running": 0, "done": len(planned), "failed": 1, "diverged": 0}
     assert "/nonexistent/checkpoint" in status["failures"][0]["error"]
 
     # Fit the finished runs: through `scalekit fit DIR` when the fit command exists, else the laws API.

@@ -115,7 +115,7 @@ def test_two_drivers_racing_on_one_store(tmp_path: Path) -> None:
     starts = Counter(e["name"] for e in _log_events(log) if e["event"] == "start")
     assert len(starts) == len(_keys()) and set(starts.values()) == {1}, starts
     store = open_store(workdir)
-    assert store.counts() == {"pending": 0, "running": 0, "done": len(_keys()), "failed": 0}
+    assert store.counts() == {"pending": 0, "running": 0, "done": len(_keys()), "failed": 0, "diverged": 0}
     claims = Counter(e["key"] for e in store.events() if e["event"] in ("claimed", "reclaimed", "retry"))
     assert set(claims.values()) == {1}
     assert sum("this driver: 0 attempts" not in o for o in outs) >= 1

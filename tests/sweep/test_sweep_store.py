@@ -30,7 +30,7 @@ def test_store_is_sqlite_wal_and_add_is_idempotent(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     assert store.add_runs(_rows(3)) == 3
     assert store.add_runs(_rows(4)) == 1
-    assert store.counts() == {"pending": 4, "running": 0, "done": 0, "failed": 0}
+    assert store.counts() == {"pending": 4, "running": 0, "done": 0, "failed": 0, "diverged": 0}
     import sqlite3
     db = sqlite3.connect(tmp_path / "results.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -44,12 +44,14 @@ def _truncate(step_dir: Path) -> None:
 # --- divergence ------------------------------------------------------------------------------------------------------
 
 def test_nan_loss_is_a_diverged_status_with_its_own_exit_code(tmp_path):
-    cfg = tiny(steps=6, optimizer__lr=1e999, optimizer__warmup_steps=0, checkpoint__every=1)
+    cfg = tiny(steps=6, optimizer__lr=1e30, optimizer__warmup_steps=0, checkpoint__every=1)
     res = run_cli(cfg, tmp_path / "run")
     assert res.returncode == EXIT_DIVERGED == 3, res.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())  # strict JSON: no NaN literals
-    assert summary["status"] == "diverged" and summary["reason"] == "loss"
-    assert 1 <= summary["step"] < 6 and summary["loss"] == "nan"
+    # a finite but absurd learning rate (an infinite one is refused by the config check): the loss or the gradient
+    # norm goes non-finite first
+    assert summary["status"] == "diverged" and summary["reason"] in ("loss", "grad_norm")
+    assert 1 <= summary["step"] < 6 and summary[summary["reason"]] in ("nan", "inf", "-inf")
     said = [ln for ln in res.stderr.splitlines() if "diverged" in ln]
     assert len(said) == 1 and f"at step {summary['step']}" in said[0], res.stderr[-2000:]
     assert "Traceback" not in res.stderr
