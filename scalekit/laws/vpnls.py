@@ -154,16 +154,16 @@ def _solve_cell(s_src, feats, logy, w, delta, src_of_term, fixed_exp, fixed_e, o
 
 
 @functools.lru_cache(maxsize=32)
-def _grid_program(m: int, has_const: bool, space: str, robust: bool):
-    """The jitted, vmapped cell solver for one structure (shapes key jax's own cache)."""
-    solve = functools.partial(_solve_cell, has_const=has_const, space=space, robust=robust,
-                              supports=_supports(m))
+def _grid_program(m: int, has_const: bool, space: str):
+    """The jitted, vmapped cell solver for one structure (shapes key jax's own cache). Huber's reweighting is
+    always on: with delta = inf (least squares) its weights are all 1, so one program serves both objectives."""
+    solve = functools.partial(_solve_cell, has_const=has_const, space=space, robust=True, supports=_supports(m))
     return jax.jit(jax.vmap(solve, in_axes=(0,) + (None,) * 11))
 
 
 def vpnls_starts(problem: Problem, delta: float | None, n_refine: int = N_REFINE) -> tuple[np.ndarray, str]:
     """Starting rows (user LSE parameters) for the L-BFGS refinement, from the exponent grid; and a note."""
-    terms, const, linear, sources = _structure(problem)
+    terms, const, _, sources = _structure(problem)
     law = problem.law
     tied = dict(problem.ties)
     fixed_full = problem.base_centred()                             # fixed values, centred coordinates
@@ -193,7 +193,7 @@ def vpnls_starts(problem: Problem, delta: float | None, n_refine: int = N_REFINE
     combos = list(itertools.product(*axes))                          # one empty cell when nothing is searched
     cells = np.array(combos, np.float64).reshape(len(combos), len(sources))   # (G, n_sources)
     m = len(free_terms) + int(const_free)
-    program = _grid_program(m, const_free, problem.space, True)    # delta = inf: reweighting is a no-op
+    program = _grid_program(m, const_free, problem.space)
     w = pad(np.ones(K))
     coef, value = _evaluate_cells(program, cells, K_pad, [
         feats_free, pad(problem.logy), w, delta_value(delta), src_of_term, fixed_exp, fixed_e, off_logc, off_feats,
