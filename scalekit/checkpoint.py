@@ -6,9 +6,12 @@ so that `init_from` can start a new run from them alone. Restores take the targe
 on one mesh restores onto any other (orbax reshards on load).
 
 Integrity: orbax writes each step into a temporary directory and renames it when complete, so a save killed
-mid-write never appears as a step. After a save completes we also write a manifest of file sizes; on restore a
-step whose files no longer match it (truncated, deleted) or that fails to read is skipped with a warning naming the
-problem, and the next older step is tried. Nothing is half-restored: a step is used only if every item loads.
+mid-write never appears as a step. After a save completes we also write a manifest of each file's size and
+content checksum (CRC-32); on restore a step whose files no longer match it (truncated, deleted, or overwritten with
+other bytes of the same size) or that fails to read is skipped with a warning naming the file, and the next older
+step is tried. A manifest written before checksums were recorded (sizes only) is checked by size only. The
+checksums are computed where the manifest is written (when the next save starts, or at `wait`), after orbax has
+finalized the step. Nothing is half-restored: a step is used only if every item loads.
 Damage is repaired, not only avoided: once an older step has restored, each newer damaged step's directory is moved
 aside (renamed `<step>.damaged-<time>`), so the run saves that step again. `load_params` (init_from) validates and
 falls back the same way (leaving another run's files as they are) and fails with one line when nothing is usable.
@@ -23,10 +26,12 @@ This module imports nothing from `scalekit.train`: the restored train state is b
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -126,26 +131,76 @@ def restore_target(abstract: Any, shardings: Any) -> Any:
     return jax.tree.map(one, abstract, shardings)
 
 
-def _manifest(step_dir: Path) -> dict[str, int]:
+HASH = "crc32"  # the manifest's content checksum (zlib.crc32, 8 hex digits): detects damage, at ~5x blake2b's speed
+_CHUNK = 1 << 20
+
+
+def _crc32(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
+def _hashlib(name: str) -> Any:
+    def digest(path: Path) -> str:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, name).hexdigest()
+    return digest
+
+
+# checksums a manifest entry may carry (any one is verified); new manifests record HASH
+_CHECKSUMS = {"crc32": _crc32, "blake2b": _hashlib("blake2b"), "sha256": _hashlib("sha256")}
+
+
+def file_hash(path: Path, algorithm: str = HASH) -> str:
+    """A file's checksum under `algorithm` (a key of the manifest entries), as hex, read in chunks."""
+    return _CHECKSUMS[algorithm](path)
+
+
+def _sizes(step_dir: Path) -> dict[str, int]:
+    """Sizes of a step's files, but the manifest's own (and a `.tmp` of it left by a process killed writing it)."""
     return {str(p.relative_to(step_dir)): p.stat().st_size
-            for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
+            for p in sorted(step_dir.rglob("*")) if p.is_file() and not p.name.startswith(MANIFEST)}
+
+
+def _manifest(step_dir: Path) -> dict[str, dict[str, Any]]:
+    """{relative path: {"bytes": size, "crc32": hex}} of every file of a step (but the manifest itself)."""
+    return {name: {"bytes": size, HASH: file_hash(step_dir / name)} for name, size in _sizes(step_dir).items()}
 
 
 def verify_step_dir(step_dir: Path) -> str | None:
-    """None if the step's files match its manifest (or it has none yet), else what is wrong."""
+    """None if the step's files match its manifest (or it has none yet), else what is wrong (naming the file).
+
+    Manifest entries are {"bytes": n, "crc32": hex} (sizes and contents checked; a "blake2b" or "sha256" digest is
+    checked the same way) or a bare size (manifests written before checksums were recorded: sizes checked only).
+    """
     path = step_dir / MANIFEST
     if not path.exists():
         return None
     try:
         expected = json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError) as e:
+        if not isinstance(expected, dict):
+            raise ValueError("not a JSON object")
+    except (json.JSONDecodeError, OSError, ValueError) as e:
         return f"manifest unreadable ({e})"
-    actual = _manifest(step_dir)
-    for name, size in expected.items():
+    actual = _sizes(step_dir)
+    for name, entry in expected.items():
+        size = entry.get("bytes") if isinstance(entry, dict) else entry
         if name not in actual:
             return f"file {name} is missing"
         if actual[name] != size:
             return f"file {name} has {actual[name]} bytes, expected {size} (truncated or overwritten)"
+        algorithm = next((a for a in _CHECKSUMS if isinstance(entry, dict) and a in entry), None)
+        if algorithm is not None:
+            try:
+                got = file_hash(step_dir / name, algorithm)
+            except OSError as e:
+                return f"file {name} unreadable ({e})"
+            if got != entry[algorithm]:
+                return (f"file {name} has {algorithm} {got[:16]}, expected {str(entry[algorithm])[:16]} (content "
+                        "changed: overwritten or corrupted)")
     return None
 
 

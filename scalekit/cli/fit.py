@@ -15,6 +15,7 @@ Every option is checked before any fitting work: a bad value exits with status 2
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -127,7 +128,26 @@ def _coverage(df, args, fit_kw):
     return out
 
 
+def _persistent_compile_cache() -> None:
+    """Every `scalekit fit` is a fresh process: keep its compiled fit programs in a persistent XLA cache (under
+    $XDG_CACHE_HOME or ~/.cache, scalekit/xla) so that only the first fit on a machine pays for compilation.
+    Skipped when JAX_COMPILATION_CACHE_DIR is already set, when SCALEKIT_NO_COMPILE_CACHE is set, when the directory
+    cannot be written, or when JAX was imported already (its settings are read at import)."""
+    if "jax" in sys.modules or "JAX_COMPILATION_CACHE_DIR" in os.environ or os.environ.get("SCALEKIT_NO_COMPILE_CACHE"):
+        return
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scalekit" / "xla"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return
+    if os.access(base, os.W_OK):
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(base)
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
 def main(argv: list[str]) -> int:
+    _persistent_compile_cache()
     from scalekit.laws import ScalingLawWarning
 
     json_mode = "--json" in argv

@@ -160,7 +160,13 @@ class MetricsRecorder:
 
     @contextlib.contextmanager
     def checkpoint_save(self) -> Iterator[None]:
-        """Time a checkpoint save (the part that blocks the loop); a save that raises counts as a failure."""
+        """Time a checkpoint save (the part that blocks the loop); a save that raises counts as a failure.
+
+        The JSONL lines are flushed first: a step inside a checkpoint is never trained again after a resume, so its
+        metrics must reach the file before the checkpoint does (a kill -9 would lose buffered lines for good)."""
+        if self._jsonl is not None:
+            self._jsonl.flush()
+            self._flushed = time.time()
         start = time.perf_counter()
         try:
             yield

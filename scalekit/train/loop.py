@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -174,7 +173,9 @@ def _train(cfg: ml_collections.ConfigDict, info: Any, workdir: Path, identity: d
     guard = PreemptionGuard()
     profiler = Profiler(cfg.profile_steps, workdir / "profile")
     eval_curve: list[list[float]] = _previous_eval_curve(workdir) if start_step else []
-    last_loss, last_eval = float("nan"), float("nan")
+    # a resume starts from what was logged before (a run killed after its final save trains nothing more)
+    last_loss = _previous_train_loss(workdir, start_step) if start_step else float("nan")
+    last_eval = eval_curve[-1][1] if eval_curve else float("nan")
     pending: tuple[int, dict, float, float] | None = None
     bar = _progress(cfg, start_step)
     step_clock = time.perf_counter()
@@ -344,6 +345,15 @@ def _seconds_lost(workdir: Path, restored_step: int) -> float:
     redo = [r.get("step_time_s", 0.0) for r in _read_metrics(workdir)
             if r.get("kind") == "train" and r.get("step", 0) > restored_step]
     return float(sum(redo))
+
+
+def _previous_train_loss(workdir: Path, upto: int) -> float:
+    """The train loss logged at the latest step <= `upto` before a restart (NaN when none was logged)."""
+    best_step, loss = -1, float("nan")
+    for rec in _read_metrics(workdir):
+        if rec.get("kind") == "train" and best_step < rec.get("step", -1) <= upto and "loss" in rec:
+            best_step, loss = rec["step"], float(rec["loss"])
+    return loss
 
 
 def _previous_eval_curve(workdir: Path) -> list[list[float]]:
