@@ -135,10 +135,10 @@ def _persistent_compile_cache() -> None:
     cannot be written, or when JAX was imported already (its settings are read at import)."""
     if "jax" in sys.modules or "JAX_COMPILATION_CACHE_DIR" in os.environ or os.environ.get("SCALEKIT_NO_COMPILE_CACHE"):
         return
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scalekit" / "xla"
     try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scalekit" / "xla"
         base.mkdir(parents=True, exist_ok=True)
-    except OSError:
+    except (OSError, RuntimeError, KeyError):        # no home directory, or an unwritable one: no cache
         return
     if os.access(base, os.W_OK):
         os.environ["JAX_COMPILATION_CACHE_DIR"] = str(base)
