@@ -10,29 +10,16 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from open_athena_reference import CSV, ReferenceRow, reference_rows
 from scalekit.cli.fit import main
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"   # repo/../shared/data
-CSV = SHARED_DATA / "open_athena_isoflops" / "isoflops.csv"
-
-# (id, experiment, clean only, approach 2 a, approach 3 (E, alpha, beta) as published, with their decimals)
-ROWS = [
-    ("llama3_raw_all", "llama_3__raw_loss", False, "0.4632", ("0.6021", "0.3068", "0.3110")),
-    ("llama3_raw_clean", "llama_3__raw_loss", True, "0.50000", ("0.622", "0.335", "0.334")),
-    ("epochai_clean", "epochai_chinchilla__massivetext__chinchilla", True, "0.54142", ("1.904", "0.384", "0.427")),
-    ("marin_comma_clean", "marin_202603__comma__llama_2", True, "0.42641", ("2.750", "0.722", "0.389")),
-    ("marin_dclm_clean", "marin_202603__dclm__llama_2", True, "0.43166", ("2.620", "0.695", "0.438")),
-    ("marin_nemotron_clean", "marin_202603__nemotron__llama_2", True, "0.44425", ("2.549", "0.681", "0.433")),
-    ("ml_scalefit_clean", "ml_scalefit__massivetext__chinchilla", True, "0.54153", ("1.93075", "0.39089", "0.44635")),
-    # the authors' fit stopped at their upper bound on B: compared by objective, not by parameters
-    ("misfitting_clean", "misfitting__fineweb_c4__transformer", True, "0.52338", ("2.67055", "0.62586", "0.68201")),
-]
-AT_BOUND = {"misfitting_clean"}
+# the README's table, read in place: one parameter per row (a skipped one without ../shared)
+ROWS = reference_rows() or [pytest.param(None, marks=pytest.mark.skip(reason=f"reference data not found at {CSV}"))]
+IDS = [r.id for r in reference_rows()] or ["no-shared-data"]
 COLS = ["--n-col", "params", "--d-col", "tokens", "--loss-col", "loss"]
 
 
@@ -45,20 +32,19 @@ def table() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def row_csv(table, tmp_path_factory):
-    """Path of a CSV holding one row of the table's points (written once per row)."""
+    """Path of a temporary CSV holding one reference row's points (written once per row, outside the repo)."""
     paths: dict[str, str] = {}
 
-    def get(row_id: str) -> str:
-        if row_id not in paths:
-            _, exp, clean, _, _ = next(r for r in ROWS if r[0] == row_id)
-            g = table[table["experiment"] == exp]
-            if clean:
+    def get(row: ReferenceRow) -> str:
+        if row.id not in paths:
+            g = table[table["experiment"] == row.experiment]
+            if row.clean:
                 g = g[g["outlier"].astype(str).str.lower() == "false"]
-            assert len(g) > 0, exp
-            path = tmp_path_factory.mktemp("open_athena") / f"{row_id}.csv"
+            assert len(g) > 0, row.experiment
+            path = tmp_path_factory.mktemp("open_athena") / f"{row.id}.csv"
             g.to_csv(path, index=False)
-            paths[row_id] = str(path)
-        return paths[row_id]
+            paths[row.id] = str(path)
+        return paths[row.id]
     return get
 
 
@@ -81,10 +67,10 @@ def _authors(pub) -> list[str]:
     return ["--fix", f"e={math.log(E)!r}", "--fix", f"alpha={alpha!r}", "--fix", f"beta={beta!r}"]
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
 def test_approach2_parabola_slope(row, row_csv, capsys):
-    row_id, _, _, a_pub, _ = row
-    res = _run_json(capsys, [row_csv(row_id), "--approach", "2", "--optimum", "parabola", *COLS,
+    row_id, a_pub = row.id, row.a
+    res = _run_json(capsys, [row_csv(row), "--approach", "2", "--optimum", "parabola", *COLS,
                              "--budget-col", "budget"])
     assert res["optimum"] == "parabola"
     print(f"{row_id}: approach 2 a = {res['params']['a']:.5f} (table {a_pub})")
@@ -92,17 +78,17 @@ def test_approach2_parabola_slope(row, row_csv, capsys):
 
 
 @pytest.mark.parametrize("solver", ["auto", "lbfgs"])
-@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
 def test_approach3_least_squares_on_log_loss(row, solver, row_csv, capsys):
-    row_id, _, _, _, pub = row
-    path = row_csv(row_id)
+    row_id, pub = row.id, row.e_alpha_beta
+    path = row_csv(row)
     res = _run_json(capsys, [path, "--objective", "lsq_log", "--solver", solver, *COLS])
     assert res["objective_name"] == "lsq_log" and res["delta"] is None
     assert res["solver"] == ("vpnls" if solver == "auto" else "lbfgs")
     ours = {k: res["params"][k] for k in ("E", "alpha", "beta")}
     print(f"{row_id} [{res['solver']}]: E, alpha, beta = {ours['E']:.5f}, {ours['alpha']:.5f}, {ours['beta']:.5f}"
           f" (table {', '.join(pub)}); objective {res['objective']:.7g}")
-    if row_id in AT_BOUND:
+    if row.at_bound:
         theirs = _run_json(capsys, [path, "--objective", "lsq_log", "--solver", "lbfgs", *COLS, *_authors(pub)])
         E, alpha = float(pub[0]), float(pub[1])
         assert theirs["params"]["E"] == pytest.approx(E) and theirs["params"]["alpha"] == alpha
@@ -115,8 +101,9 @@ def test_approach3_least_squares_on_log_loss(row, solver, row_csv, capsys):
 
 
 def test_auto_solver_with_every_exponent_fixed(row_csv, capsys):
-    row_id, _, _, _, pub = ROWS[-1]
-    res = _run_json(capsys, [row_csv(row_id), "--objective", "lsq_log", *COLS, *_authors(pub)])
-    ref = _run_json(capsys, [row_csv(row_id), "--objective", "lsq_log", "--solver", "lbfgs", *COLS, *_authors(pub)])
+    row = reference_rows()[-1]
+    pub = row.e_alpha_beta
+    res = _run_json(capsys, [row_csv(row), "--objective", "lsq_log", *COLS, *_authors(pub)])
+    ref = _run_json(capsys, [row_csv(row), "--objective", "lsq_log", "--solver", "lbfgs", *COLS, *_authors(pub)])
     assert res["solver"] == "vpnls"
     assert res["objective"] <= ref["objective"] * (1 + 1e-8)
