@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
+
 class CliError(Exception):
     """A usage or input problem: printed as one line, exit status 2."""
 

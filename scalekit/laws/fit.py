@@ -171,7 +171,8 @@ def fit_law(data, law: str | Law = "chinchilla", *, objective: str = "huber_log"
                 raise ValueError(f"solver 'vpnls' does not apply here: {err}; use solver='lbfgs'") from None
             used = "lbfgs"
     if used == "lbfgs":
-        starts = _make_grid(law, grid, {**fixed, **{k: 0.0 for k in problem_tied(problem)}})
+        tied = {law.params[t]: 0.0 for t, _ in problem.ties}           # their grid column is overwritten by the map
+        starts = _make_grid(law, grid, {**fixed, **tied})
     res = _run(problem, problem.to_opt(starts), None, delta, options)
     out = _best(problem, res, options, used)
     out = LawFit(law=law, lse=out["lse"], params=law.to_natural(out["lse"]), objective=out["f"],
@@ -187,11 +188,6 @@ def fit_law(data, law: str | Law = "chinchilla", *, objective: str = "huber_log"
 
         attach_diagnostics(out, data, floor=floor)
     return out
-
-
-def problem_tied(problem: Problem) -> list[str]:
-    """Names of the parameters tied to another (their grid column is overwritten by the map)."""
-    return [problem.law.params[t] for t, _ in problem.ties]
 
 
 def _check_level(level: float, bootstrap: int) -> None:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalekit.laws.forms import Law, PowerTerms
+from scalekit.laws.forms import Law, PowerTerms, _power_log_predict
 
 OBJECTIVES = ("huber_log", "lsq_log", "lsq", "huber")
 DEFAULT_DELTA = 1e-3
@@ -367,8 +367,6 @@ def _kind(bound) -> int:
 
 
 def _log_predict_feats(law: Law, theta: np.ndarray, feats: np.ndarray) -> np.ndarray:
-    from scalekit.laws.forms import _power_log_predict
-
     if law.power is not None:
         return _power_log_predict(np, law.power, theta, feats)
     return np.asarray(law.log_predict(np, theta, feats))

@@ -341,3 +341,15 @@ def test_fit_skips_diverged_runs_and_says_how_many(tmp_path, capsys):
     res = _run_json(capsys, [sweep])
     assert res["n_points"] == 36                                        # the diverged run is not fitted
     assert any("36 of 37 runs done; skipped: 1 diverged" in n for n in res["conventions"]), res["conventions"]
+
+
+def test_cli_choices_are_the_librarys():
+    """The CLI keeps its own copies of the choices (its --help must not import JAX): they must not drift."""
+    from scalekit.cli import fit_args
+    from scalekit.laws import LAWS, OBJECTIVES, SOLVERS
+    from scalekit.laws.compare import HOLDOUTS
+    from scalekit.laws.optimum import OPTIMA
+
+    assert fit_args.OBJECTIVES == OBJECTIVES and fit_args.SOLVERS == SOLVERS
+    assert set(fit_args.OPTIMA) == set(OPTIMA) and fit_args.HOLDOUTS == HOLDOUTS
+    assert set(fit_args.LAW_CHOICES) - {"kaplan"} == set(LAWS)
