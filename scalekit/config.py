@@ -26,6 +26,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every = 50  # steps between held-out evaluations (0 = only at the end)
     c.eval_batches = 4  # batches per evaluation
     c.log_every = 1
+    c.steps_per_dispatch = 0  # steps per jitted call (a lax.scan block); 0 = chosen from the step time (dispatch.py)
     c.init_from = ""  # a checkpoint dir/run workdir whose parameters start this run (fine-tuning)
     c.profile_steps = ""  # "A:B" writes a jax.profiler trace for steps A..B-1
     c.peak_flops = 0.0  # FLOP/s per device used for MFU; 0 = measure a matmul at start
@@ -120,7 +121,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 _POSITIVE = ("steps", "model.d_model", "model.n_layers", "model.n_heads", "data.seq_len", "data.batch_size",
              "optimizer.lr", "optimizer.microbatches", "checkpoint.keep", "eval_batches", "log_every")
-_NON_NEGATIVE = ("eval_every", "model.n_kv_heads", "model.head_dim", "model.d_ff", "model.vocab_size", "model.z_loss",
+_NON_NEGATIVE = ("eval_every", "steps_per_dispatch", "model.n_kv_heads", "model.head_dim", "model.d_ff",
+                 "model.vocab_size", "model.z_loss",
                  "optimizer.warmup_steps", "optimizer.weight_decay", "optimizer.grad_clip", "checkpoint.every",
                  "checkpoint.keep_period", "peak_flops", "observe.prometheus_port", "data.worker_count",
                  "data.prefetch")

@@ -1,7 +1,8 @@
 """A run's identity: the sha256 of its result-changing config, shared by the sweep store and the checkpoints.
 
 The key leaves out fields that do not change a run's result (progress display, logging, observability, checkpoint
-cadence and location, mesh, compilation cache, data loading workers): the same experiment always gets the same key.
+cadence and location, mesh, steps per dispatch, compilation cache, data loading workers): the same experiment
+always gets the same key.
 It lives here, below both `train/` (checkpoints record it) and `sweep/` (the store is keyed by it), so neither
 imports the other.
 """
@@ -14,8 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 # Config fields that never change a run's result: they are left out of its key.
-IDENTITY_EXCLUDE = ("progress", "log_every", "profile_steps", "peak_flops", "compilation_cache_dir", "observe",
-                    "distributed", "checkpoint", "mesh", "data.worker_count", "data.prefetch")
+IDENTITY_EXCLUDE = ("progress", "log_every", "steps_per_dispatch", "profile_steps", "peak_flops",
+                    "compilation_cache_dir", "observe", "distributed", "checkpoint", "mesh", "data.worker_count",
+                    "data.prefetch")
 # Fields a resumed run may change: extending a run (more steps) continues the same experiment.
 RESUMABLE_CHANGES = ("steps",)
 

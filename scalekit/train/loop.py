@@ -1,8 +1,10 @@
 """The training driver: config -> mesh + model + data -> jitted steps -> metrics, checkpoints and a summary.
 
-`train(cfg, workdir)` is what `scalekit train` runs. It validates the config before touching a device, builds the
-mesh and shardings, restores the latest good checkpoint if there is one, then runs the steps, fetching each step's
-metrics one step late so the host never makes the device wait.
+`train(cfg, workdir)` is what `scalekit train` runs (and a warm sweep worker, many times in one process). It
+validates the config before touching a device, builds the mesh and takes the jitted programs from a process-level
+cache (`compiled.py`: runs of the same shapes compile once), restores the latest good checkpoint if there is one,
+then runs the steps K per call (`dispatch.py`: a lax.scan block, exactly equal to K single steps), fetching each
+call's per-step metrics one call late so the host never makes the device wait.
 
 Nothing silently wrong: the trainer holds `<workdir>/trainer.lock` (and that of a separate local checkpoint.dir)
 for its lifetime, so a second trainer on the same workdir fails at once, naming the PID that holds it. A non-finite
@@ -15,6 +17,7 @@ Checkpoints carry the run's identity (`scalekit.runkey`), so a workdir never res
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -33,17 +36,19 @@ from scalekit import runkey
 from scalekit.checkpoint import Checkpointer, load_params, restore_target
 from scalekit.data.pipeline import data_info, make_batches
 from scalekit.model import counting
-from scalekit.model.functional import define
 from scalekit.observe.goodput import Goodput
 from scalekit.observe.metrics import MetricsRecorder
 from scalekit.observe.profile import Profiler
 from scalekit.parallel.mesh import batch_sharding, check_batch, make_mesh
-from scalekit.train import mfu as mfu_lib
+from scalekit.train import compiled, dispatch, history
 from scalekit.train.guards import Diverged, check_finite, summary_flags, unigram_loss, workdir_lock
-from scalekit.train.optim import make_optimizer, schedule, set_total_steps
+from scalekit.train.optim import schedule, set_total_steps
 from scalekit.train.preemption import PreemptionGuard
-from scalekit.train.state import abstract_state, init_state, state_shardings
-from scalekit.train.step import jit_steps, make_eval_step, make_train_step
+from scalekit.train.state import abstract_state
+from scalekit.train.step import stacked_batch_sharding
+
+
+_RUNS_IN_PROCESS = 0  # a warm worker trains many runs in one process; only the first pays the imports
 
 
 def _log(msg: str) -> None:
@@ -87,8 +92,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[st
     The summary's "status" is "done", "diverged" (see the module doc) or "preempted" (saved and stopped early; no
     summary.json is written). Raises guards.WorkdirBusy when another trainer holds the workdir.
     """
-    goodput = Goodput()
+    global _RUNS_IN_PROCESS
     start_time = time.time()
+    goodput = Goodput(start_time=None if _RUNS_IN_PROCESS == 0 else start_time)  # the first run's imports count
+    _RUNS_IN_PROCESS += 1
     workdir = Path(workdir)
     identity = run_identity(cfg)
     cfg, info = prepare(cfg)
@@ -105,189 +112,302 @@ def _separate_local_dir(directory: str, workdir: Path) -> Path | None:
     return None if path.is_relative_to(workdir.resolve()) else path
 
 
+@dataclasses.dataclass
+class _Run:
+    """A run's fixed parts, built once before its first step."""
+
+    cfg: ml_collections.ConfigDict
+    info: Any
+    workdir: Path
+    identity: dict[str, Any]
+    goodput: Goodput
+    start_time: float
+    mesh: Any
+    progs: compiled.Programs
+    b_shard: Any
+    blocks_shard: Any
+    n_total: int
+    n_nonembed: int
+    tokens_per_step: int
+    flops_per_token: float
+    peak: float
+    recorder: MetricsRecorder
+    ckpt: Checkpointer
+
+
 def _train(cfg: ml_collections.ConfigDict, info: Any, workdir: Path, identity: dict[str, Any], goodput: Goodput,
            start_time: float) -> dict[str, Any]:
-    process_index, process_count = jax.process_index(), jax.process_count()
-    if process_index == 0:
+    if jax.process_index() == 0:
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2, sort_keys=True))
-
     with goodput.phase("startup"):
-        mesh = make_mesh(cfg.mesh)
-        check_batch(cfg.data.batch_size, mesh, cfg.optimizer.microbatches)
-        if cfg.data.batch_size % process_count:
-            raise config_lib.ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
-                                         f"{process_count} processes")
-        model_def = define(cfg.model)
-        tx = make_optimizer(cfg.optimizer, cfg.steps)
-        shardings = state_shardings(model_def, tx, mesh)
-        train_fn, eval_fn = jit_steps(make_train_step(model_def, tx, cfg.model.z_loss, cfg.optimizer.microbatches),
-                                      make_eval_step(model_def), shardings, mesh)
-        b_shard = batch_sharding(mesh)
-        n_total = counting.count_params(cfg.model, "total")
-        n_nonembed = counting.count_params(cfg.model, "non_embedding")
-        tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-        flops_per_token = counting.flops_per_token(cfg.model, cfg.data.seq_len, "palm")
-        peak = cfg.peak_flops * (jax.device_count() if jax.devices()[0].platform != "cpu" else process_count)
-        if not peak:
-            peak = mfu_lib.machine_peak_flops(cfg.model.dtype)
-        run_name = cfg.observe.run_name or workdir.resolve().name
-        recorder = MetricsRecorder(workdir, run_name=run_name, process_index=process_index,
-                                   prometheus_port=cfg.observe.prometheus_port,
-                                   prometheus_host=cfg.observe.prometheus_host, tensorboard=cfg.observe.tensorboard,
-                                   goodput=goodput)
-        ckpt = Checkpointer(cfg, workdir, identity=identity)
-
-    _log(f"{n_total:,} parameters ({n_nonembed:,} non-embedding) on mesh {dict(mesh.shape)}; "
+        run = _setup(cfg, info, workdir, identity, goodput, start_time)
+    _log(f"{run.n_total:,} parameters ({run.n_nonembed:,} non-embedding) on mesh {dict(run.mesh.shape)}; "
          f"{info.description}")
+    started = _start(run)
+    if isinstance(started, dict):  # already trained to the end
+        return started
+    state, start_step, train_iter = started
+    outcome = _run_steps(run, state, start_step, train_iter)
+    if outcome["status"] == "preempted":
+        return outcome
+    if outcome["status"] == "diverged":
+        return _diverged(run, outcome["error"], outcome["eval_curve"])
+    return _done(run, outcome)
+
+
+def _setup(cfg: ml_collections.ConfigDict, info: Any, workdir: Path, identity: dict[str, Any], goodput: Goodput,
+           start_time: float) -> _Run:
+    """Mesh, the (cached) programs, counts, the peak to measure MFU by, the metrics recorder and checkpointer."""
+    process_count = jax.process_count()
+    mesh = make_mesh(cfg.mesh)
+    check_batch(cfg.data.batch_size, mesh, cfg.optimizer.microbatches)
+    if cfg.data.batch_size % process_count:
+        raise config_lib.ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
+                                     f"{process_count} processes")
+    peak = cfg.peak_flops * (jax.device_count() if jax.devices()[0].platform != "cpu" else process_count)
+    recorder = MetricsRecorder(workdir, run_name=cfg.observe.run_name or workdir.resolve().name,
+                               process_index=jax.process_index(), prometheus_port=cfg.observe.prometheus_port,
+                               prometheus_host=cfg.observe.prometheus_host, tensorboard=cfg.observe.tensorboard,
+                               goodput=goodput)
+    return _Run(cfg=cfg, info=info, workdir=workdir, identity=identity, goodput=goodput, start_time=start_time,
+                mesh=mesh, progs=compiled.programs(cfg, mesh), b_shard=batch_sharding(mesh),
+                blocks_shard=stacked_batch_sharding(mesh),
+                n_total=counting.count_params(cfg.model, "total"),
+                n_nonembed=counting.count_params(cfg.model, "non_embedding"),
+                tokens_per_step=cfg.data.batch_size * cfg.data.seq_len,
+                flops_per_token=counting.flops_per_token(cfg.model, cfg.data.seq_len, "palm"),
+                peak=peak or compiled.peak_flops(cfg.model.dtype), recorder=recorder,
+                ckpt=Checkpointer(cfg, workdir, identity=identity))
+
+
+def _start(run: _Run) -> tuple[Any, int, Any] | dict[str, Any]:
+    """(state, start step, train iterator): restored from the latest good checkpoint, else fresh (or init_from).
+
+    Returns the existing summary instead when the run has already been trained to its last step.
+    """
+    cfg, progs = run.cfg, run.progs
+    process_index, process_count = jax.process_index(), jax.process_count()
     restore_start = time.perf_counter()
-    with goodput.phase("checkpoint_restore"):
-        target = restore_target(abstract_state(model_def, tx), shardings)
-        restored = ckpt.restore_latest(target)
-    if restored is not None:
-        recorder.checkpoint_restored(time.perf_counter() - restore_start)
-        state, data_state = restored
-        state = state.replace(opt_state=set_total_steps(state.opt_state, cfg.steps))  # the run may be extended
-        start_step = int(state.step)
-        goodput.lost(_seconds_lost(workdir, start_step))
-        if start_step >= cfg.steps and (workdir / "summary.json").exists():
-            _log(f"already trained to step {start_step} (steps={cfg.steps}); nothing to do")
-            _close_quietly(ckpt, recorder)
-            return json.loads((workdir / "summary.json").read_text())
-        _log(f"resumed from checkpoint at step {start_step} ({ckpt.directory})")
-    else:
-        state, data_state, start_step = init_state(model_def, tx, cfg.seed, shardings), None, 0
+    with run.goodput.phase("checkpoint_restore"):
+        target = restore_target(abstract_state(progs.model_def, progs.tx), progs.shardings)
+        restored = run.ckpt.restore_latest(target)
+    if restored is None:
+        state = progs.init(cfg.seed, cfg.steps)
         if cfg.init_from:
             params = load_params(cfg.init_from, target.params)
-            _check_same_shapes(params, model_def.abstract_params, cfg.init_from)
+            _check_same_shapes(params, progs.model_def.abstract_params, cfg.init_from)
             state = state.replace(params=params)
             _log(f"initialised parameters from {cfg.init_from}")
-    if restored is not None and data_state is None:
+        return state, 0, make_batches(cfg.data, "train", cfg.seed, process_index, process_count)
+    run.recorder.checkpoint_restored(time.perf_counter() - restore_start)
+    state, data_state = restored
+    state = state.replace(opt_state=set_total_steps(state.opt_state, cfg.steps))  # the run may be extended
+    start_step = int(state.step)
+    run.goodput.lost(history.seconds_lost(run.workdir, start_step))
+    if start_step >= cfg.steps and (run.workdir / "summary.json").exists():
+        _log(f"already trained to step {start_step} (steps={cfg.steps}); nothing to do")
+        _close_quietly(run.ckpt, run.recorder)
+        return json.loads((run.workdir / "summary.json").read_text())
+    _log(f"resumed from checkpoint at step {start_step} ({run.ckpt.directory})")
+    if data_state is None:
         _log(f"the checkpoint's data state was saved by another number of processes; data restarts at global "
              f"batch {start_step}")
-        train_iter = make_batches(cfg.data, "train", cfg.seed, process_index, process_count, start_batch=start_step)
-    else:
-        train_iter = make_batches(cfg.data, "train", cfg.seed, process_index, process_count)
-        if data_state is not None:
-            train_iter.set_state(data_state)
+        return state, start_step, make_batches(cfg.data, "train", cfg.seed, process_index, process_count,
+                                               start_batch=start_step)
+    train_iter = make_batches(cfg.data, "train", cfg.seed, process_index, process_count)
+    train_iter.set_state(data_state)
+    return state, start_step, train_iter
 
-    guard = PreemptionGuard()
-    profiler = Profiler(cfg.profile_steps, workdir / "profile")
-    eval_curve: list[list[float]] = _previous_eval_curve(workdir) if start_step else []
-    # a resume starts from what was logged before (a run killed after its final save trains nothing more)
-    last_loss = _previous_train_loss(workdir, start_step) if start_step else float("nan")
-    last_eval = eval_curve[-1][1] if eval_curve else float("nan")
-    pending: tuple[int, dict, float, float] | None = None
-    bar = _progress(cfg, start_step)
-    step_clock = time.perf_counter()
-    compiled = False
 
-    def flush(item: tuple[int, dict, float, float] | None) -> None:
-        nonlocal last_loss, step_clock
-        if item is None:
+class _StepLog:
+    """Per-step metrics from each call's output, fetched one call late so the host never makes the device wait.
+
+    `flush()` checks every step of the pending call for a non-finite loss or gradient norm (raising Diverged at the
+    first, so nothing from that step on is logged), then logs each step with its share of the call's wall time.
+    """
+
+    def __init__(self, run: _Run, start_step: int) -> None:
+        self.run, self.cfg = run, run.cfg
+        self.lr_at = schedule(run.cfg.optimizer, run.cfg.steps)
+        self.pending: tuple[int, int, Any, float, bool] | None = None  # first step, n, metrics, data wait, timed
+        self.last_loss = history.previous_train_loss(run.workdir, start_step) if start_step else float("nan")
+        self.bar = _progress(run.cfg, start_step)
+        self.clock = time.perf_counter()
+        self.full_block = 0  # K of full blocks, whose timing is worth remembering for the next run's choice of K
+
+    def restart_clock(self) -> None:
+        """Time from now (after a compile, an eval or a save, which are not step time)."""
+        self.clock = time.perf_counter()
+
+    def push(self, first_step: int, n: int, metrics: Any, data_wait: float, timed: bool = True) -> None:
+        """Queue this call's metrics and log the previous call's (the device runs this call meanwhile). A call
+        that compiled is not `timed`: its time is not remembered as the programs' step time."""
+        self.flush()
+        self.pending = (first_step, n, metrics, data_wait, timed)
+
+    def flush(self) -> None:
+        """Wait for the pending call's metrics (step time: the device is computing), check and log them."""
+        if self.pending is None:
             return
-        step_no, metrics_dev, data_wait, lr = item
-        metrics = jax.device_get(metrics_dev)
-        check_finite(step_no, metrics)  # raises Diverged: nothing from this step on is logged or saved
+        first, n, metrics_dev, data_wait, timed = self.pending
+        self.pending = None
+        with self.run.goodput.phase("step"):
+            metrics = {k: np.atleast_1d(v) for k, v in jax.device_get(metrics_dev).items()}
         now = time.perf_counter()
-        step_time, step_clock = now - step_clock, now
-        last_loss = float(metrics["loss"])
-        tokens = step_no * tokens_per_step
-        values = {"loss": last_loss, "lr": lr, "grad_norm": float(metrics["grad_norm"]), "tokens": tokens,
-                  "flops": tokens * flops_per_token, "step_time_s": step_time,
-                  "tokens_per_s": tokens_per_step / step_time,
-                  "mfu": tokens_per_step * flops_per_token / step_time / peak, "data_wait_s": data_wait}
-        if step_no % cfg.log_every == 0 or step_no == cfg.steps:
-            recorder.log_train(step_no, values)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{values['tokens_per_s']:.3g}", refresh=False)
+        step_time, self.clock = (now - self.clock) / n, now
+        if timed and n > 1 and n == self.full_block:
+            self.run.progs.note_step_time(step_time)
+        for j in range(n):
+            self._log_step(first + j + 1, {k: v[j] for k, v in metrics.items()}, step_time, data_wait / n)
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(loss=f"{self.last_loss:.4f}",
+                                 tok_s=f"{self.run.tokens_per_step / step_time:.3g}", refresh=False)
 
-    lr_at = schedule(cfg.optimizer, cfg.steps)
+    def _log_step(self, step_no: int, metrics: dict, step_time: float, data_wait: float) -> None:
+        check_finite(step_no, metrics)  # raises Diverged
+        run = self.run
+        self.last_loss = float(metrics["loss"])
+        if step_no % self.cfg.log_every and step_no != self.cfg.steps:
+            return
+        tokens = step_no * run.tokens_per_step
+        run.recorder.log_train(step_no, {
+            "loss": self.last_loss, "lr": self.lr_at(step_no - 1), "grad_norm": float(metrics["grad_norm"]),
+            "tokens": tokens, "flops": tokens * run.flops_per_token, "step_time_s": step_time,
+            "tokens_per_s": run.tokens_per_step / step_time,
+            "mfu": run.tokens_per_step * run.flops_per_token / step_time / run.peak, "data_wait_s": data_wait})
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _steps_per_dispatch(run: _Run, sync_every: int) -> int:
+    """K for this run (dispatch.choose_k): from the step time measured for these programs, else FLOPs / peak."""
+    cfg = run.cfg
+    step_time = run.progs.step_time_s or run.tokens_per_step * run.flops_per_token / run.peak
+    batch_bytes = cfg.data.batch_size * cfg.data.seq_len * 12  # inputs, targets (int32) and weights (float32)
+    return dispatch.choose_k(cfg, dispatch.boundary_period(cfg, sync_every), step_time, batch_bytes,
+                             compiled=run.progs.run_sizes)
+
+
+def _next_batches(run: _Run, train_iter: Any, n: int) -> dict[str, jax.Array]:
+    """The next n global batches on the device: [B, L] arrays for n = 1, stacked [n, B, L] for a block."""
+    rows = run.cfg.data.batch_size
+    local = [next(train_iter) for _ in range(n)]
+    if n == 1:
+        return global_batch(local[0], run.b_shard, rows)
+    stacked = {k: np.stack([b[k] for b in local]) for k in local[0]}
+    return {k: jax.make_array_from_process_local_data(run.blocks_shard, v, (n, rows, *v.shape[2:]))
+            for k, v in stacked.items()}
+
+
+def _run_steps(run: _Run, state: Any, start_step: int, train_iter: Any) -> dict[str, Any]:
+    """Run the steps from `start_step`, K per call, with evals, saves and preemption between calls.
+
+    Returns {"status": "done" | "preempted" | "diverged", ...} with the eval curve and the last losses.
+    """
+    cfg, goodput, progs, ckpt = run.cfg, run.goodput, run.progs, run.ckpt
+    guard = PreemptionGuard()
+    sync_every = guard.sync_every if jax.process_count() > 1 else 0
+    profiler = Profiler(cfg.profile_steps, run.workdir / "profile")
+    stops = dispatch.stops(cfg, profiler.window, sync_every)
+    k = _steps_per_dispatch(run, sync_every)
+    _log(f"{k} step{'s' * (k > 1)} per call" + (" (steps_per_dispatch)" if cfg.steps_per_dispatch else ""))
+    log = _StepLog(run, start_step)
+    log.full_block = k
+    eval_curve: list[list[float]] = history.previous_eval_curve(run.workdir) if start_step else []
     step = start_step
-    diverged: Diverged | None = None
     try:
         while step < cfg.steps:
+            n = dispatch.next_block(step, k, stops)
             profiler.maybe_start(step)
             t0 = time.perf_counter()
             with goodput.phase("data_wait"):
-                batch = global_batch(next(train_iter), b_shard, cfg.data.batch_size)
+                batches = _next_batches(run, train_iter, n)
             data_wait = time.perf_counter() - t0
-            with goodput.phase("step" if compiled else "compile"):
-                state, metrics = train_fn(state, batch)
-                if not compiled:
+            first_call = n not in progs.run_sizes
+            with goodput.phase("compile" if first_call else "step"):
+                state, metrics = progs.block(n)(state, batches)
+                if first_call:
                     jax.block_until_ready(metrics)
-                    compiled = True
-                    step_clock = time.perf_counter()
-                flush(pending)
-            step += 1
-            pending = (step, metrics, data_wait, lr_at(step - 1))
+                    progs.run_sizes.add(n)
+                    log.restart_clock()
+                log.push(step, n, metrics, data_wait, timed=not first_call)
+            step += n
             profiler.maybe_stop(step, state)
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                flush(pending)
-                pending = None
+                log.flush()
                 with goodput.phase("eval"):
-                    last_eval = evaluate(eval_fn, state.params, cfg.data, cfg.seed, cfg.eval_batches, b_shard)
-                eval_curve.append([step, last_eval])
-                recorder.log_eval(step, {"eval_loss": last_eval})
-                step_clock = time.perf_counter()
+                    loss = evaluate(progs.eval_step, state.params, cfg.data, cfg.seed, cfg.eval_batches, run.b_shard)
+                eval_curve.append([step, loss])
+                run.recorder.log_eval(step, {"eval_loss": loss})
+                log.restart_clock()
             stop = guard.agreed(step)
             if ckpt.should_save(step) or step == cfg.steps or stop:
-                flush(pending)
-                pending = None
-                with goodput.phase("checkpoint_save"), recorder.checkpoint_save():
+                log.flush()
+                with goodput.phase("checkpoint_save"), run.recorder.checkpoint_save():
                     ckpt.save(step, state, train_iter.get_state(), force=step == cfg.steps or stop)
-                step_clock = time.perf_counter()
+                log.restart_clock()
             if stop and step < cfg.steps:
-                with goodput.phase("checkpoint_save"), recorder.checkpoint_save():
+                with goodput.phase("checkpoint_save"), run.recorder.checkpoint_save():
                     ckpt.wait()
                 _log(f"received {guard.signal_name}: saved step {step} to {ckpt.directory}; exiting cleanly")
-                return {"status": "preempted", "preempted": True, "step": step,
-                        "checkpoint": str(ckpt.directory)}
-        flush(pending)
-        with goodput.phase("checkpoint_save"), recorder.checkpoint_save():
+                return {"status": "preempted", "preempted": True, "step": step, "checkpoint": str(ckpt.directory)}
+        log.flush()
+        with goodput.phase("checkpoint_save"), run.recorder.checkpoint_save():
             ckpt.wait()
     except Diverged as e:
-        diverged = e
+        return {"status": "diverged", "error": e, "eval_curve": eval_curve}
     finally:
-        if bar is not None:
-            bar.close()
+        log.close()
         guard.restore()
         profiler.close()
-        if step < cfg.steps or diverged is not None:  # preempted, diverged or failed: finish saves, flush metrics
-            _close_quietly(ckpt, recorder)
+        if step < cfg.steps:  # preempted, diverged or failed: finish saves, flush metrics
+            _close_quietly(ckpt, run.recorder)
+    return {"status": "done", "eval_curve": eval_curve, "last_loss": log.last_loss,
+            "last_eval": eval_curve[-1][1] if eval_curve else float("nan")}
 
-    if diverged is not None:
-        summary = {"status": "diverged", "step": diverged.step, "reason": diverged.reason,
-                   "loss": _json_float(diverged.loss), "grad_norm": _json_float(diverged.grad_norm),
-                   "steps": cfg.steps, "eval_curve": eval_curve, "run_key": identity["run_key"],
-                   "wall_time_s": time.time() - start_time, "host": socket.gethostname(),
-                   "process_count": process_count}
-        if process_index == 0:
-            _write_summary(workdir, summary)
-            _log(f"diverged: non-finite {diverged.reason} at step {diverged.step} (loss {diverged.loss}, grad_norm "
-                 f"{diverged.grad_norm}); stopped; status in {workdir / 'summary.json'}")
-        return summary
 
-    goodput.export(recorder)
+def _diverged(run: _Run, e: Diverged, eval_curve: list[list[float]]) -> dict[str, Any]:
+    """Write and return the summary of a run stopped by a non-finite loss or gradient norm."""
+    _close_quietly(run.ckpt, run.recorder)
+    summary = {"status": "diverged", "step": e.step, "reason": e.reason, "loss": _json_float(e.loss),
+               "grad_norm": _json_float(e.grad_norm), "steps": run.cfg.steps, "eval_curve": eval_curve,
+               "run_key": run.identity["run_key"], "wall_time_s": time.time() - run.start_time,
+               "host": socket.gethostname(), "process_count": jax.process_count()}
+    if jax.process_index() == 0:
+        _write_summary(run.workdir, summary)
+        _log(f"diverged: non-finite {e.reason} at step {e.step} (loss {e.loss}, grad_norm {e.grad_norm}); stopped; "
+             f"status in {run.workdir / 'summary.json'}")
+    return summary
+
+
+def _done(run: _Run, outcome: dict[str, Any]) -> dict[str, Any]:
+    """Write and return the summary of a run trained to its last step."""
+    cfg, goodput = run.cfg, run.goodput
+    goodput.export(run.recorder)
+    last_loss, last_eval = outcome["last_loss"], outcome["last_eval"]
     unigram = _unigram_loss(cfg.data)
     flags = summary_flags(last_eval, unigram)
+    tokens = cfg.steps * run.tokens_per_step
     summary = {
-        "status": "done", "flags": flags, "final_loss": last_loss, "eval_loss": last_eval, "eval_curve": eval_curve,
-        "tokens": cfg.steps * tokens_per_step, "flops": cfg.steps * tokens_per_step * flops_per_token,
-        "flops_6n": 6.0 * n_total * cfg.steps * tokens_per_step, "n_params": n_total,
-        "n_params_nonembed": n_nonembed, "steps": cfg.steps, "wall_time_s": time.time() - start_time,
-        "entropy_floor": info.entropy_floor, "unigram_loss": unigram, "run_key": identity["run_key"],
-        "host": socket.gethostname(), "process_count": process_count, "goodput": goodput.summary(),
+        "status": "done", "flags": flags, "final_loss": last_loss, "eval_loss": last_eval,
+        "eval_curve": outcome["eval_curve"], "tokens": tokens, "flops": tokens * run.flops_per_token,
+        "flops_6n": 6.0 * run.n_total * tokens, "n_params": run.n_total, "n_params_nonembed": run.n_nonembed,
+        "steps": cfg.steps, "wall_time_s": time.time() - run.start_time, "entropy_floor": run.info.entropy_floor,
+        "unigram_loss": unigram, "run_key": run.identity["run_key"], "host": socket.gethostname(),
+        "process_count": jax.process_count(), "goodput": goodput.summary(),
     }
-    if process_index == 0:
-        _write_summary(workdir, summary)
+    if jax.process_index() == 0:
+        _write_summary(run.workdir, summary)
         _log(goodput.report())
         if flags:
             _log(f"flags: {', '.join(flags)} (eval loss {last_eval:.4f} is not below the unigram loss "
                  f"{unigram:.4f} of the data)")
-        _log(f"done: loss {last_loss:.4f}, eval loss {last_eval:.4f}; metrics in {workdir / 'metrics.jsonl'}")
-    ckpt.close()
-    recorder.close()
+        _log(f"done: loss {last_loss:.4f}, eval loss {last_eval:.4f}; metrics in {run.workdir / 'metrics.jsonl'}")
+    run.ckpt.close()
+    run.recorder.close()
     return summary
 
 
@@ -325,44 +445,6 @@ def _check_same_shapes(params: Any, expected: Any, source: str) -> None:
     if got != want:
         raise config_lib.ConfigError(f"init_from={source!r}: its parameter shapes differ from this model's; the "
                                      "model fields (and the data vocabulary) must match the pre-trained run")
-
-
-def _read_metrics(workdir: Path) -> list[dict]:
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-    return records
-
-
-def _seconds_lost(workdir: Path, restored_step: int) -> float:
-    """Wall time of the steps logged after the restored checkpoint: work the restart must redo."""
-    redo = [r.get("step_time_s", 0.0) for r in _read_metrics(workdir)
-            if r.get("kind") == "train" and r.get("step", 0) > restored_step]
-    return float(sum(redo))
-
-
-def _previous_train_loss(workdir: Path, upto: int) -> float:
-    """The train loss logged at the latest step <= `upto` before a restart (NaN when none was logged)."""
-    best_step, loss = -1, float("nan")
-    for rec in _read_metrics(workdir):
-        if rec.get("kind") == "train" and best_step < rec.get("step", -1) <= upto and "loss" in rec:
-            best_step, loss = rec["step"], float(rec["loss"])
-    return loss
-
-
-def _previous_eval_curve(workdir: Path) -> list[list[float]]:
-    """Eval points logged before a restart (so the summary's curve covers the whole run)."""
-    curve = {}
-    for rec in _read_metrics(workdir):
-        if rec.get("kind") == "eval" and math.isfinite(rec.get("eval_loss", float("nan"))):
-            curve[rec["step"]] = rec["eval_loss"]
-    return [[s, v] for s, v in sorted(curve.items())]
 
 
 def _progress(cfg: ml_collections.ConfigDict, start: int) -> Any:

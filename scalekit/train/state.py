@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -46,12 +47,18 @@ def abstract_state(model_def: ModelDef, tx: optax.GradientTransformation) -> Tra
                       rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
 
 
-def init_state(model_def: ModelDef, tx: optax.GradientTransformation, seed: int, shardings: TrainState,
-               ) -> TrainState:
-    """A fresh state, created directly in its shardings (never materialised on one device)."""
+def make_init(model_def: ModelDef, tx: optax.GradientTransformation, seed: int, shardings: TrainState,
+              ) -> Callable[[], TrainState]:
+    """A jitted `() -> TrainState` creating a fresh state directly in its shardings (never on one device)."""
     def make() -> TrainState:
         params = init_params(model_def.model_cfg, seed)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=jax.random.key_data(jax.random.key(seed + 1)))
 
-    return jax.jit(make, out_shardings=shardings)()
+    return jax.jit(make, out_shardings=shardings)
+
+
+def init_state(model_def: ModelDef, tx: optax.GradientTransformation, seed: int, shardings: TrainState,
+               ) -> TrainState:
+    """A fresh state, created directly in its shardings (never materialised on one device)."""
+    return make_init(model_def, tx, seed, shardings)()

@@ -91,3 +91,28 @@ def jit_steps(train_step: Callable, eval_step: Callable, state_shardings: TrainS
                     out_shardings=(state_shardings, rep), donate_argnums=0)
     evaluate = jax.jit(eval_step, in_shardings=(state_shardings.params, batch_shardings), out_shardings=rep)
     return train, evaluate
+
+
+def make_train_block(train_step: Callable[[TrainState, Batch], tuple[TrainState, dict]],
+                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """`train_block(state, batches) -> (state, metrics)`: `train_step` over K stacked batches [K, B, L] (lax.scan).
+
+    Every metric comes back with a leading K axis, one value per step, so the loop logs and checks each step as if
+    it had dispatched them one at a time; one call replaces K dispatches.
+    """
+    def train_block(state: TrainState, batches: Batch) -> tuple[TrainState, dict]:
+        return jax.lax.scan(train_step, state, batches)
+    return train_block
+
+
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of K stacked batches [K, B, L]: the step axis replicated, each batch as `batch_sharding`."""
+    return NamedSharding(mesh, PartitionSpec(None, *batch_sharding(mesh).spec))
+
+
+def jit_block(train_block: Callable, state_shardings: TrainState, mesh: Mesh) -> Callable:
+    """jit a K-step block with explicit shardings; the train state is donated."""
+    rep = NamedSharding(mesh, PartitionSpec())
+    s = stacked_batch_sharding(mesh)
+    return jax.jit(train_block, in_shardings=(state_shardings, {"inputs": s, "targets": s, "weights": s}),
+                   out_shardings=(state_shardings, rep), donate_argnums=0)
