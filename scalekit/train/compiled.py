@@ -45,7 +45,8 @@ class Programs:
     step_time_s: float | None = None  # seconds per step, measured in the first full K-step block run
 
     def block(self, k: int) -> Callable:
-        """The jitted K-step block (state, batches [K, B, L]) -> (state, metrics [K]); K = 1 is the plain step."""
+        """The jitted K-step block (state, batches [K, B, L], active [K]) -> (state, metrics [K]); K = 1 is the plain
+        step (state, batch [B, L]) -> (state, metrics)."""
         if k == 1:
             return self.train_step
         if k not in self._blocks:

@@ -39,6 +39,7 @@ from scalekit.model import counting
 from scalekit.observe.goodput import Goodput
 from scalekit.observe.metrics import MetricsRecorder
 from scalekit.observe.profile import Profiler
+from scalekit.observe.system import process_start_time
 from scalekit.parallel.mesh import batch_sharding, check_batch, make_mesh
 from scalekit.train import compiled, dispatch, history
 from scalekit.train.guards import Diverged, check_finite, summary_flags, unigram_loss, workdir_lock
@@ -133,6 +134,7 @@ class _Run:
     peak: float
     recorder: MetricsRecorder
     ckpt: Checkpointer
+    first_step_at: float = 0.0  # unix time the first step was dispatched (0 until then)
 
 
 def _train(cfg: ml_collections.ConfigDict, info: Any, workdir: Path, identity: dict[str, Any], goodput: Goodput,
@@ -282,24 +284,26 @@ class _StepLog:
             self.bar.close()
 
 
-def _steps_per_dispatch(run: _Run, sync_every: int) -> int:
+def _steps_per_dispatch(run: _Run) -> int:
     """K for this run (dispatch.choose_k): from the step time measured for these programs, else FLOPs / peak."""
     cfg = run.cfg
     step_time = run.progs.step_time_s or run.tokens_per_step * run.flops_per_token / run.peak
     batch_bytes = cfg.data.batch_size * cfg.data.seq_len * 12  # inputs, targets (int32) and weights (float32)
-    return dispatch.choose_k(cfg, dispatch.boundary_period(cfg, sync_every), step_time, batch_bytes,
-                             compiled=run.progs.run_sizes)
+    return dispatch.choose_k(cfg, step_time, batch_bytes, compiled=run.progs.run_sizes)
 
 
-def _next_batches(run: _Run, train_iter: Any, n: int) -> dict[str, jax.Array]:
-    """The next n global batches on the device: [B, L] arrays for n = 1, stacked [n, B, L] for a block."""
+def _next_batches(run: _Run, train_iter: Any, n: int, k: int) -> tuple[Any, ...]:
+    """The arguments after the state for a call running the next n steps: (batch,) when k = 1, else the n batches
+    stacked and padded to k, with the mask of the n active steps."""
     rows = run.cfg.data.batch_size
     local = [next(train_iter) for _ in range(n)]
-    if n == 1:
-        return global_batch(local[0], run.b_shard, rows)
-    stacked = {k: np.stack([b[k] for b in local]) for k in local[0]}
-    return {k: jax.make_array_from_process_local_data(run.blocks_shard, v, (n, rows, *v.shape[2:]))
-            for k, v in stacked.items()}
+    if k == 1:
+        return (global_batch(local[0], run.b_shard, rows),)
+    local += [{key: np.zeros_like(v) for key, v in local[0].items()}] * (k - n)
+    stacked = {key: np.stack([b[key] for b in local]) for key in local[0]}
+    batches = {key: jax.make_array_from_process_local_data(run.blocks_shard, v, (k, rows, *v.shape[2:]))
+               for key, v in stacked.items()}
+    return batches, np.arange(k) < n
 
 
 def _run_steps(run: _Run, state: Any, start_step: int, train_iter: Any) -> dict[str, Any]:
@@ -312,7 +316,7 @@ def _run_steps(run: _Run, state: Any, start_step: int, train_iter: Any) -> dict[
     sync_every = guard.sync_every if jax.process_count() > 1 else 0
     profiler = Profiler(cfg.profile_steps, run.workdir / "profile")
     stops = dispatch.stops(cfg, profiler.window, sync_every)
-    k = _steps_per_dispatch(run, sync_every)
+    k = _steps_per_dispatch(run)
     _log(f"{k} step{'s' * (k > 1)} per call" + (" (steps_per_dispatch)" if cfg.steps_per_dispatch else ""))
     log = _StepLog(run, start_step)
     log.full_block = k
@@ -324,14 +328,15 @@ def _run_steps(run: _Run, state: Any, start_step: int, train_iter: Any) -> dict[
             profiler.maybe_start(step)
             t0 = time.perf_counter()
             with goodput.phase("data_wait"):
-                batches = _next_batches(run, train_iter, n)
+                args = _next_batches(run, train_iter, n, k)
             data_wait = time.perf_counter() - t0
-            first_call = n not in progs.run_sizes
+            first_call = k not in progs.run_sizes
+            run.first_step_at = run.first_step_at or time.time()
             with goodput.phase("compile" if first_call else "step"):
-                state, metrics = progs.block(n)(state, batches)
+                state, metrics = progs.block(k)(state, *args)
                 if first_call:
                     jax.block_until_ready(metrics)
-                    progs.run_sizes.add(n)
+                    progs.run_sizes.add(k)
                     log.restart_clock()
                 log.push(step, n, metrics, data_wait, timed=not first_call)
             step += n
@@ -397,7 +402,7 @@ def _done(run: _Run, outcome: dict[str, Any]) -> dict[str, Any]:
         "flops_6n": 6.0 * run.n_total * tokens, "n_params": run.n_total, "n_params_nonembed": run.n_nonembed,
         "steps": cfg.steps, "wall_time_s": time.time() - run.start_time, "entropy_floor": run.info.entropy_floor,
         "unigram_loss": unigram, "run_key": run.identity["run_key"], "host": socket.gethostname(),
-        "process_count": jax.process_count(), "goodput": goodput.summary(),
+        "process_count": jax.process_count(), "goodput": goodput.summary(), "startup": _startup(run),
     }
     if jax.process_index() == 0:
         _write_summary(run.workdir, summary)
@@ -409,6 +414,14 @@ def _done(run: _Run, outcome: dict[str, Any]) -> dict[str, Any]:
     run.ckpt.close()
     run.recorder.close()
     return summary
+
+
+def _startup(run: _Run) -> dict[str, Any]:
+    """Where the run's first seconds went: the process's start (imports) before train() was called, when this was
+    the process's first run, and train()'s call to the first step's dispatch (setup, restore, data)."""
+    warm = _RUNS_IN_PROCESS > 1
+    return {"warm_process": warm, "imports_s": 0.0 if warm else max(0.0, run.start_time - process_start_time()),
+            "to_first_step_s": max(0.0, run.first_step_at - run.start_time) if run.first_step_at else None}
 
 
 def _write_summary(workdir: Path, summary: dict[str, Any]) -> None:

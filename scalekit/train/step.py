@@ -94,14 +94,21 @@ def jit_steps(train_step: Callable, eval_step: Callable, state_shardings: TrainS
 
 
 def make_train_block(train_step: Callable[[TrainState, Batch], tuple[TrainState, dict]],
-                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """`train_block(state, batches) -> (state, metrics)`: `train_step` over K stacked batches [K, B, L] (lax.scan).
+                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
+    """`train_block(state, batches, active) -> (state, metrics)`: `train_step` over K stacked batches [K, B, L].
 
-    Every metric comes back with a leading K axis, one value per step, so the loop logs and checks each step as if
-    it had dispatched them one at a time; one call replaces K dispatches.
+    A lax.scan over the K steps; step j runs only where `active[j]` (a lax.cond, so an inactive step costs no
+    arithmetic and leaves the state as it is), so one compiled block of K serves every shorter block too: the
+    loop pads a block that must end early (at an eval, a save, the last step) with inactive steps. Every metric
+    comes back with a leading K axis, one value per step (zeros for inactive steps).
     """
-    def train_block(state: TrainState, batches: Batch) -> tuple[TrainState, dict]:
-        return jax.lax.scan(train_step, state, batches)
+    def train_block(state: TrainState, batches: Batch, active: jax.Array) -> tuple[TrainState, dict]:
+        def body(state: TrainState, xs: tuple[Batch, jax.Array]) -> tuple[TrainState, dict]:
+            batch, on = xs
+            shapes = jax.eval_shape(train_step, state, batch)[1]
+            skip = lambda s, _: (s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), shapes))  # noqa: E731
+            return jax.lax.cond(on, train_step, skip, state, batch)
+        return jax.lax.scan(body, state, (batches, active))
     return train_block
 
 
@@ -114,5 +121,5 @@ def jit_block(train_block: Callable, state_shardings: TrainState, mesh: Mesh) ->
     """jit a K-step block with explicit shardings; the train state is donated."""
     rep = NamedSharding(mesh, PartitionSpec())
     s = stacked_batch_sharding(mesh)
-    return jax.jit(train_block, in_shardings=(state_shardings, {"inputs": s, "targets": s, "weights": s}),
+    return jax.jit(train_block, in_shardings=(state_shardings, {"inputs": s, "targets": s, "weights": s}, rep),
                    out_shardings=(state_shardings, rep), donate_argnums=0)

@@ -16,6 +16,7 @@ from scalekit.config import default_config, resolve
 from scalekit.model.functional import define
 from scalekit.parallel.mesh import make_mesh
 from scalekit.train import compiled, dispatch
+from scalekit.train import loop
 from scalekit.train.loop import train
 from scalekit.train.optim import make_optimizer
 from scalekit.train.state import state_shardings
@@ -34,25 +35,25 @@ def _curve(workdir, field):
 
 
 def _dispatch_sizes(monkeypatch):
-    """Record the step count of every train call the loop makes."""
-    sizes = []
-    real = compiled.Programs.block
+    """Record (steps run, K compiled) of every train call the loop makes."""
+    calls = []
+    real = loop._next_batches
 
-    def block(self, k):
-        sizes.append(k)
-        return real(self, k)
-    monkeypatch.setattr(compiled.Programs, "block", block)
-    return sizes
+    def next_batches(run, train_iter, n, k):
+        calls.append((n, k))
+        return real(run, train_iter, n, k)
+    monkeypatch.setattr(loop, "_next_batches", next_batches)
+    return calls
 
 
 def test_k_step_blocks_equal_single_steps_exactly(tmp_path, monkeypatch):
-    # eval every 6 and a save every 4: a block of 4 can run only from steps 0 and 8 before the end at 14 (the rest
-    # are single steps); microbatches and z-loss on, so the scanned step is the full one
+    # eval every 6 and a save every 4: blocks of 4 end early (padded with inactive steps) at 6, 12 and 14;
+    # microbatches and z-loss on, so the scanned step is the full one
     common = dict(eval_every=6, checkpoint__every=4, model__z_loss=1e-3, optimizer__microbatches=2)
     single = train(tiny(steps=14, steps_per_dispatch=1, **common), tmp_path / "k1")
-    sizes = _dispatch_sizes(monkeypatch)
+    calls = _dispatch_sizes(monkeypatch)
     block = train(tiny(steps=14, steps_per_dispatch=4, **common), tmp_path / "k4")
-    assert 4 in sizes and sum(sizes) == 14  # blocks did run, and never across a boundary (14 steps in all)
+    assert calls == [(4, 4), (2, 4), (2, 4), (4, 4), (2, 4)]  # stops at 4, 6, 8, 12, 14
     for field in ("loss", "grad_norm", "lr"):
         assert _curve(tmp_path / "k4", field) == _curve(tmp_path / "k1", field), field  # exact float equality
     assert sorted(_curve(tmp_path / "k4", "loss")) == list(range(1, 15))  # every step logged
@@ -83,9 +84,9 @@ def test_resume_with_another_k_is_bit_exact(tmp_path):
 
 def test_auto_k_runs_blocks_and_matches_single_steps(tmp_path, monkeypatch):
     single = train(tiny(steps=10, steps_per_dispatch=1), tmp_path / "k1")
-    sizes = _dispatch_sizes(monkeypatch)
+    calls = _dispatch_sizes(monkeypatch)
     auto = train(tiny(steps=10), tmp_path / "auto")  # steps_per_dispatch = 0: chosen from the step time
-    assert max(sizes) > 1, sizes  # a tiny model is dispatch-bound: auto K groups steps
+    assert max(n for n, _ in calls) > 1, calls  # a tiny model is dispatch-bound: auto K groups steps
     assert auto["final_loss"] == single["final_loss"] and _curve(tmp_path / "auto", "loss") == \
         _curve(tmp_path / "k1", "loss")
 
@@ -113,38 +114,35 @@ def _cfg(**fields):
     return cfg
 
 
-def test_period_is_the_gcd_of_the_boundaries():
-    assert dispatch.boundary_period(_cfg(steps=600, eval_every=100, checkpoint__every=0)) == 100
-    assert dispatch.boundary_period(_cfg(steps=600, eval_every=0, checkpoint__every=0)) == 600
-    assert dispatch.boundary_period(_cfg(steps=600, eval_every=100, checkpoint__every=250)) == 50
-    assert dispatch.boundary_period(_cfg(steps=600, eval_every=100, checkpoint__every=0), sync_every=15) == 5
-
-
 @pytest.mark.parametrize("step_time, expect", [
-    (1e-4, 500),   # 0.1 ms steps: 500 would make the 50 ms target, but MAX_K caps it at 250 (a divisor)
-    (1e-3, 50),    # 1 ms: 50 steps = 50 ms, and 50 divides 1000
-    (0.03, 2),     # 30 ms: 2 steps (60 ms) is the smallest divisor reaching 50 ms
+    (1e-4, 256),   # 0.1 ms steps: 500 would make the 50 ms target; MAX_K caps it at 256
+    (1e-3, 64),    # 1 ms: 50 steps make 50 ms, rounded up to a power of two
+    (0.03, 2),     # 30 ms: 2 steps (60 ms)
     (2.0, 1),      # 2 s a step: one step per call
 ])
 def test_auto_k_reaches_the_target_call_time_within_the_caps(step_time, expect):
-    cfg = _cfg(steps=1000, eval_every=0, checkpoint__every=0)
-    k = dispatch.choose_k(cfg, dispatch.boundary_period(cfg), step_time, batch_bytes=1000)
-    divisors_of_1000_up_to_cap = [d for d in range(1, dispatch.MAX_K + 1) if 1000 % d == 0]
-    want = min(expect, max(divisors_of_1000_up_to_cap))
-    assert k == want and 1000 % k == 0
+    assert dispatch.choose_k(_cfg(steps=1000), step_time, batch_bytes=1000) == expect
 
 
-def test_auto_k_respects_memory_and_call_length_caps():
-    cfg = _cfg(steps=1000, eval_every=0, checkpoint__every=0)
-    assert dispatch.choose_k(cfg, 1000, 1e-5, batch_bytes=dispatch.MAX_BLOCK_BYTES // 4) <= 4
-    assert dispatch.choose_k(cfg, 1000, 0.4, batch_bytes=1) <= 2  # at most MAX_CALL_S = 1 s of work per call
+def test_auto_k_respects_the_memory_and_run_length_caps():
+    assert dispatch.choose_k(_cfg(steps=1000), 1e-5, batch_bytes=dispatch.MAX_BLOCK_BYTES // 5) == 4
+    assert dispatch.choose_k(_cfg(steps=40), 1e-5, batch_bytes=1) == 32  # never more than the run's steps
 
 
 def test_a_set_k_is_used_as_given():
-    assert dispatch.choose_k(_cfg(steps_per_dispatch=7), 100, 1e-4, 1) == 7
+    assert dispatch.choose_k(_cfg(steps_per_dispatch=7), 1e-4, 1) == 7
 
 
-def test_blocks_stop_at_every_boundary():
+def test_auto_k_reuses_a_block_size_this_process_has_compiled():
+    cfg = _cfg(steps=1000)
+    assert dispatch.choose_k(cfg, 1e-3, 1) == 64
+    assert dispatch.choose_k(cfg, 1e-3, 1, compiled={1, 32, 128}) == 128  # the largest compiled within the caps
+    assert dispatch.choose_k(cfg, 1e-3, 1, compiled={1, 16}) == 16  # a quarter of 64: shorter calls, no compile
+    assert dispatch.choose_k(cfg, 1e-3, 1, compiled={1, 8}) == 64  # too short a call: compile 64
+    assert dispatch.choose_k(cfg, 0.1, 1, compiled={1, 16}) == 1  # 16 x 0.1 s is past MAX_CALL_S
+
+
+def test_blocks_end_at_every_stop():
     stops = dispatch.stops(_cfg(steps=20, eval_every=6, checkpoint__every=0), profile_window=(3, 5))
     assert stops == [3, 5, 6, 12, 18, 20]
     sizes, step = [], 0
@@ -153,13 +151,19 @@ def test_blocks_stop_at_every_boundary():
         assert not any(step < s < step + n for s in stops)  # a block never crosses a stop
         sizes.append(n)
         step += n
-    assert step == 20 and sizes.count(4) == 2  # from 8 (to 12) and from 12 (to 16)
+    assert sizes == [3, 2, 1, 4, 2, 4, 2, 2]
 
 
-def test_auto_k_reuses_a_block_size_this_process_has_compiled():
-    cfg = _cfg(steps=1000, eval_every=0, checkpoint__every=0)
-    assert dispatch.choose_k(cfg, 1000, 1e-3, 1) == 50  # 50 steps of 1 ms make the 50 ms target
-    assert dispatch.choose_k(cfg, 1000, 1e-3, 1, compiled={1, 20, 100}) == 100  # the largest compiled divisor
-    assert dispatch.choose_k(cfg, 1000, 1e-3, 1, compiled={1, 20}) == 20  # shorter calls, but no new compile
-    assert dispatch.choose_k(cfg, 1000, 1e-3, 1, compiled={1, 30}) == 50  # 30 does not divide the period
-    assert dispatch.choose_k(cfg, 1000, 0.06, 1, compiled={1, 20}) == 1  # 20 x 60 ms is past MAX_CALL_S
+def test_a_second_run_of_the_same_shapes_in_one_process_compiles_nothing(tmp_path):
+    # what a warm sweep worker relies on: the programs come from the process's cache (train/compiled.py)
+    compiled.clear()
+    first = train(tiny(steps=8, eval_every=4, seed=1, optimizer__warmup_steps=2), tmp_path / "a")
+    (progs,) = compiled._CACHE.values()
+    jitted = [progs.train_step, progs.eval_step, *progs._blocks.values(), *progs._inits.values()]
+    sizes = [f._cache_size() for f in jitted]
+    # longer: the run's length is not in the programs (the schedule's length is in the optimizer state)
+    second = train(tiny(steps=12, eval_every=4, seed=1, optimizer__warmup_steps=2), tmp_path / "b")
+    assert list(compiled._CACHE.values()) == [progs] and len(progs._blocks) == 1  # the same programs, the same K
+    assert [f._cache_size() for f in jitted] == sizes  # no jitted function traced or compiled again
+    assert second["startup"]["warm_process"] and first["startup"]["to_first_step_s"] is not None
+    assert second["startup"]["imports_s"] == 0.0 and second["startup"]["to_first_step_s"] is not None
