@@ -2,7 +2,8 @@
 
   scalekit sweep plan PLAN [--json]                      print the runs a plan makes, with N, D, C and time
   scalekit sweep run PLAN --workdir DIR [--executor local|slurm] [--parallel K] [--max-attempts 3]
-                    [--stale-after 120] [--retry-failed] [--dry-run] [--train-cmd CMD]
+                    [--stale-after 120] [--retry-failed] [--dry-run] [--train-cmd CMD] [--isolate]
+                    [--worker-max-runs 200]
   scalekit sweep work DIR                                one worker's claim-run-record loop (what Slurm tasks run)
   scalekit sweep status DIR [--json]                     progress, results, failures and their errors
   scalekit sweep export DIR --format csv|jsonl|parquet [--out PATH]
@@ -10,7 +11,9 @@
   scalekit sweep repair DIR [--plan PLAN] [--force]      rebuild a damaged results.db from the run directories
 
 Running again skips done runs, retries failed ones below --max-attempts, reclaims runs of dead drivers, and reports
-what it did. Exit code: 0 when every planned run is done, 1 when some failed, 2 for a bad plan or arguments, or a
+what it did. Each worker trains its runs in one warm process that imports JAX once and reuses compiled steps across
+runs of the same shapes (replaced after --worker-max-runs runs, or when it dies); --isolate, or a custom
+--train-cmd, starts a fresh process per run instead. Exit code: 0 when every planned run is done, 1 when some failed, 2 for a bad plan or arguments, or a
 store that is damaged or cannot be used (one line on stderr naming the file and the fix). `status` and `export` only
 read: they work on a read-only store.
 """
@@ -44,8 +47,11 @@ def _last_line(text: str | None) -> str:
 
 
 def _worker_opts(args: argparse.Namespace) -> ex.WorkerOptions:
+    if args.worker_max_runs < 0:
+        raise PlanError(f"--worker-max-runs {args.worker_max_runs}: must be >= 0 (0 = never recycle)")
     return ex.WorkerOptions(command=ex.parse_command(args.train_cmd) if args.train_cmd else ex.DEFAULT_TRAIN_COMMAND,
-                            max_attempts=args.max_attempts, stale_after=args.stale_after, timeout_s=args.timeout)
+                            max_attempts=args.max_attempts, stale_after=args.stale_after, timeout_s=args.timeout,
+                            isolate=args.isolate, worker_max_runs=args.worker_max_runs)
 
 
 def _add_worker_args(p: argparse.ArgumentParser) -> None:
@@ -54,7 +60,13 @@ def _add_worker_args(p: argparse.ArgumentParser) -> None:
                    help="seconds without a heartbeat after which a running run's driver is taken for dead")
     p.add_argument("--timeout", type=float, default=0.0, help="per-run time limit in seconds (0 = none)")
     p.add_argument("--train-cmd", default="", help="command template run per job; placeholders {python} "
-                   "{config} {workdir} (default: {python} -m scalekit train --config {config} --workdir {workdir})")
+                   "{config} {workdir} (default: {python} -m scalekit train --config {config} --workdir {workdir}); "
+                   "a custom command runs a fresh process per run")
+    p.add_argument("--isolate", action="store_true",
+                   help="a fresh `scalekit train` process per run instead of one warm process per worker")
+    p.add_argument("--worker-max-runs", type=int, default=ex.WorkerOptions.worker_max_runs,
+                   help="replace a warm worker process after this many runs, bounding leaks (default %(default)s; "
+                   "0 = never)")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -68,7 +68,35 @@ def check_workdir(workdir: str, flag: str = "--workdir") -> None:
         raise ConfigError(f"{flag} {workdir}: {probe} is not writable; give a directory you can write to")
 
 
-def main(argv: list[str]) -> int:
+_CACHE_DIR: str | None = None  # the persistent compilation cache this process uses (set once)
+
+
+def use_compilation_cache(directory: str) -> None:
+    """Point JAX's persistent compilation cache at `directory`, once per process.
+
+    JAX reads the directory at its first compile, so a warm sweep worker that trains many runs keeps the first
+    directory it was given; a later, different one is ignored with a note on stderr.
+    """
+    global _CACHE_DIR
+    directory = os.path.expanduser(directory)
+    if _CACHE_DIR is not None:
+        if directory != _CACHE_DIR:
+            print(f"[scalekit] compilation_cache_dir={directory!r} ignored: this process already caches compiles "
+                  f"in {_CACHE_DIR!r}", file=sys.stderr, flush=True)
+        return
+    import jax
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _CACHE_DIR = directory
+
+
+def main(argv: list[str], *, in_process: bool = False) -> int:
+    """Run `scalekit train ARGV`; return its exit code (see USAGE). Other exceptions propagate (exit code 1).
+
+    in_process: called by a warm sweep worker that trains many runs in one process, one after another: no
+    multi-host initialisation (a warm worker is a single process), and the compilation cache is set only once.
+    """
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
@@ -84,18 +112,12 @@ def main(argv: list[str]) -> int:
     except (ConfigError, UsageError) as e:
         return fail("scalekit train", e)
 
-    # Multi-host initialisation must come before any other JAX call.
-    try:
+    initialize = None
+    if not in_process:  # multi-host initialisation must come before any other JAX call
         from scalekit.parallel.distributed import initialize
-    except ImportError:  # pragma: no cover - the module ships with scalekit
-        initialize = None
-    if initialize is not None:
         initialize(cfg.distributed)
     if cfg.compilation_cache_dir:
-        import jax
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache_dir))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        use_compilation_cache(cfg.compilation_cache_dir)
 
     from scalekit.checkpoint import CheckpointError
     from scalekit.data.errors import DataError

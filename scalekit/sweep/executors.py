@@ -11,6 +11,12 @@ tests and users can run anything that writes `summary.json`. The child is starte
 pins it to its share of the cores and asks the kernel to kill it if the driver dies (Linux PR_SET_PDEATHSIG), so a
 SIGKILLed driver leaves no orphan training in a run directory that the next driver will reclaim.
 
+With the default command each worker keeps one warm child (scalekit.sweep.warm) that imports JAX once and trains
+its runs in-process one after another, reusing compiled steps across runs of the same shapes; it is recycled after
+`WorkerOptions.worker_max_runs` runs (or past `worker_max_rss_mb`) and replaced when it dies. A custom command, or
+`isolate=True` (`--isolate`), runs every run in a fresh process instead. Both report the same exit codes, logs and
+failures.
+
 A run whose summary says it diverged (`"status": "diverged"`, written by the trainer, which then exits with
 EXIT_DIVERGED) is never stored as done: it is recorded through the store's `diverge(claim, summary, error, worker)`
 when the store has one, else as failed with an error starting "diverged:"; a later attempt that finds that summary
@@ -25,7 +31,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +42,7 @@ from typing import Any
 
 from scalekit.sweep.plan import per_run_checkpoint_dir
 from scalekit.sweep.store import Claim, ResultsStore
+from scalekit.sweep.warm import START_FAILURE, WarmWorker, kill_group
 
 DEFAULT_TRAIN_COMMAND = ("{python}", "-m", "scalekit", "train", "--config", "{config}", "--workdir", "{workdir}")
 ERROR_TAIL_CHARS = 4000
@@ -69,6 +75,14 @@ class WorkerOptions:
     keys: Sequence[str] | None = None  # only claim these runs (the current plan); None = any
     wait: bool = True  # when nothing is claimable, wait for runs other workers hold (they may fail or die)
     worker: str = ""
+    isolate: bool = False  # a fresh process per run even with the default command (no warm worker)
+    worker_max_runs: int = 200  # a warm worker is replaced after this many runs (bounds leaks; 0 = never)
+    worker_max_rss_mb: float = 0.0  # ... or once its resident memory passes this after a run (0 = no limit)
+
+    @property
+    def warm(self) -> bool:
+        """Whether runs go to a warm worker: the default training command, not isolated."""
+        return not self.isolate and tuple(self.command) == DEFAULT_TRAIN_COMMAND
 
     @property
     def heartbeat_s(self) -> float:
@@ -89,6 +103,7 @@ class Outcome:
     reclaimed: bool = False
     retry: bool = False
     recovered: bool = False  # its summary.json was already there: recorded without running again
+    pid: int = 0  # the process that trained it (a warm worker's PID repeats across the runs it trains)
 
 
 def default_worker_id() -> str:
@@ -190,20 +205,6 @@ def _record(store: ResultsStore, claim: Claim, summary: dict[str, Any], opts: Wo
     return out
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    """Stop the child's process group: SIGTERM, then SIGKILL after 10 s."""
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _lock_run_dir(rdir: Path, store: ResultsStore, claim: Claim, opts: WorkerOptions,
                   stop: threading.Event) -> Any:
     """Lock the run directory (flock), waiting while an earlier trainer still runs there; None if stopped/lost.
@@ -229,8 +230,12 @@ def _lock_run_dir(rdir: Path, store: ResultsStore, claim: Claim, opts: WorkerOpt
 
 
 def execute(store: ResultsStore, sweep_dir: str | Path, claim: Claim, opts: WorkerOptions,
-            stop: threading.Event, cpus: Sequence[int] = (), threads: int = 0) -> Outcome:
-    """Run one claimed run to its end and record the outcome in the store (the claim-run-record body)."""
+            stop: threading.Event, cpus: Sequence[int] = (), threads: int = 0,
+            warm: WarmWorker | None = None) -> Outcome:
+    """Run one claimed run to its end and record the outcome in the store (the claim-run-record body).
+
+    With `warm` the run is trained by that worker's warm child, else by a fresh process running opts.command.
+    """
     rdir = run_dir(sweep_dir, claim.key)
     rdir.mkdir(parents=True, exist_ok=True)
     out = Outcome(claim.key, claim.name, "failed", claim.attempt, reclaimed=claim.reclaimed, retry=claim.retry)
@@ -245,12 +250,19 @@ def execute(store: ResultsStore, sweep_dir: str | Path, claim: Claim, opts: Work
         if summary is not None:  # finished (or diverged) earlier, but its driver died before recording it
             out.recovered = True
             return _record(store, claim, summary, opts, out)
-        return _run_child(store, sweep_dir, rdir, claim, opts, stop, out, cpus, threads, lock.fileno())
+        if warm is not None and multi_process(claim.config):
+            warm = None  # a warm child trains single-process: this run gets a fresh process of its own
+        return _run_child(store, sweep_dir, rdir, claim, opts, stop, out, cpus, threads, lock.fileno(), warm)
 
 
-def _run_child(store: ResultsStore, sweep_dir: str | Path, rdir: Path, claim: Claim, opts: WorkerOptions,
-               stop: threading.Event, out: Outcome, cpus: Sequence[int], threads: int, lock_fd: int) -> Outcome:
-    """Start the training command, heartbeat while it runs, then record its result or failure."""
+def multi_process(config: dict[str, Any]) -> bool:
+    """Whether a run's config asks for several processes (jax.distributed), which a warm child cannot give it."""
+    dist = config.get("distributed") or {}
+    return dist.get("enabled") == "on" or int(dist.get("num_processes") or 0) > 1
+
+
+def _write_config(sweep_dir: str | Path, rdir: Path, claim: Claim) -> Path:
+    """Write the run's config.json: the claim's config with the sweep's compile cache and no progress bar."""
     config = dict(claim.config)
     if not config.get("compilation_cache_dir") and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         config["compilation_cache_dir"] = str(Path(sweep_dir).resolve() / "xla_cache")
@@ -258,30 +270,62 @@ def _run_child(store: ResultsStore, sweep_dir: str | Path, rdir: Path, claim: Cl
     ckpt_cfg = config.get("checkpoint")
     if isinstance(ckpt_cfg, dict) and ckpt_cfg.get("dir"):  # runs never share a checkpoint directory
         config["checkpoint"] = {**ckpt_cfg, "dir": per_run_checkpoint_dir(ckpt_cfg["dir"], claim.key)}
-    (rdir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    fmt = {"python": sys.executable, "config": str((rdir / "config.json").resolve()), "workdir": str(rdir.resolve())}
-    cmd = [part.format(**fmt) for part in opts.command]
-    argv = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), ",".join(map(str, cpus)), *cmd]
-    env = {**os.environ, **thread_env(threads), **opts.env}
+    path = rdir / "config.json"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    return path.resolve()
+
+
+def launcher(cpus: Sequence[int]) -> list[str]:
+    """The argv prefix that starts a command pinned to `cpus`, killed by the kernel when this process dies."""
+    return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), ",".join(map(str, cpus))]
+
+
+class _Fresh:
+    """A fresh training process for one run (the isolated path), with the waiting interface of a WarmChild."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.pid, self.failure = proc, proc.pid, ""
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def _run_child(store: ResultsStore, sweep_dir: str | Path, rdir: Path, claim: Claim, opts: WorkerOptions,
+               stop: threading.Event, out: Outcome, cpus: Sequence[int], threads: int, lock_fd: int,
+               warm: WarmWorker | None = None) -> Outcome:
+    """Train the run (fresh process, or the warm child), heartbeat while it runs, then record its result or failure."""
+    config = _write_config(sweep_dir, rdir, claim)
+    fmt = {"python": sys.executable, "config": str(config), "workdir": str(rdir.resolve())}
+    cmd = [part.format(**fmt) for part in (opts.command if warm is None else DEFAULT_TRAIN_COMMAND)]
     err_path = rdir / "stderr.log"
     start_err = err_path.stat().st_size if err_path.exists() else 0
     t0 = time.time()
     with open(rdir / "stdout.log", "ab") as out_f, open(err_path, "ab") as err_f:
-        banner = f"--- attempt {claim.attempt} by {opts.worker} at {time.ctime()}: {shlex.join(cmd)}\n".encode()
+        task = warm.get() if warm is not None else None
+        how = f"warm worker PID {task.pid} (run {task.runs + 1}): " if task is not None else ""
+        banner = f"--- attempt {claim.attempt} by {opts.worker} at {time.ctime()}: {how}{shlex.join(cmd)}\n".encode()
         out_f.write(banner)
         err_f.write(banner)
+        out_f.flush()
         err_f.flush()
         start_err += len(banner)
-        proc = subprocess.Popen(argv, stdout=out_f, stderr=err_f, stdin=subprocess.DEVNULL, env=env,
-                                cwd=os.getcwd(), start_new_session=True, pass_fds=(lock_fd,))
+        if task is not None:
+            task.start_run(fmt["config"], fmt["workdir"], (lock_fd, out_f.fileno(), err_f.fileno()))
+        else:
+            env = {**os.environ, **thread_env(threads), **opts.env}
+            task = _Fresh(subprocess.Popen([*launcher(cpus), *cmd], stdout=out_f, stderr=err_f,
+                                           stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd(),
+                                           start_new_session=True, pass_fds=(lock_fd,)))
+        out.pid = task.pid
         rc, reason, last_beat = None, "", time.time()
         try:
             while rc is None:
-                try:
-                    rc = proc.wait(timeout=min(0.25, opts.heartbeat_s))
+                rc = task.wait(min(0.25, opts.heartbeat_s))
+                if rc is not None:
                     break
-                except subprocess.TimeoutExpired:
-                    pass
                 if stop.is_set():
                     reason = "released"
                 elif opts.timeout_s and time.time() - t0 > opts.timeout_s:
@@ -290,12 +334,17 @@ def _run_child(store: ResultsStore, sweep_dir: str | Path, rdir: Path, claim: Cl
                     last_beat = time.time()
                     reason = "" if store.heartbeat(claim) else "lost"
                 if reason:
-                    _kill(proc)
-                    rc = proc.returncode
+                    kill_group(task.proc)
+                    rc = task.proc.returncode
         except BaseException:  # the store failed under us: never leave an unwatched trainer behind
-            _kill(proc)
+            kill_group(task.proc)
+            if warm is not None:
+                warm.finished(healthy=False)
             raise
     out.wall_s = time.time() - t0
+    failure = task.failure  # a warm child that failed to start, or broke the protocol
+    if warm is not None:  # a killed or dead child is replaced for the next run
+        warm.finished(healthy=not reason and not failure and task.proc.poll() is None)
     if reason == "released":
         store.release(claim, opts.worker)
         out.status = "released"
@@ -303,14 +352,16 @@ def _run_child(store: ResultsStore, sweep_dir: str | Path, rdir: Path, claim: Cl
     if reason == "lost":
         out.status = "lost"
         return out
-    summary = read_summary(rdir / "summary.json") if rc in (0, EXIT_DIVERGED) else None
+    summary = read_summary(rdir / "summary.json") if rc in (0, EXIT_DIVERGED) and not failure else None
     if summary is not None and (rc == 0 or diverged_error(summary)):
         summary.setdefault("wall_time_s", out.wall_s)
         summary.setdefault("host", socket.gethostname())
         return _record(store, claim, summary, opts, out)
-    tail = _read_tail(err_path, start_err)
+    tail = task.startup_log() if failure.startswith(START_FAILURE) else _read_tail(err_path, start_err)
     if reason == "timeout":
         head = f"timed out after {opts.timeout_s:g} s"
+    elif failure:
+        head = failure
     elif rc == 0:
         head = "exit code 0 but no valid summary.json"
     else:
@@ -327,6 +378,23 @@ def work(store: ResultsStore, sweep_dir: str | Path, opts: WorkerOptions, stop: 
     log = log or (lambda msg: None)
     opts.worker = opts.worker or default_worker_id()
     outcomes: list[Outcome] = []
+    warm = None
+    if opts.warm:
+        name = re.sub(r"[^\w.-]", "_", opts.worker)
+        warm = WarmWorker(launcher(cpus), {**os.environ, **thread_env(threads), **opts.env},
+                          Path(sweep_dir) / "workers" / f"{name}.log", max_runs=opts.worker_max_runs,
+                          max_rss_mb=opts.worker_max_rss_mb, log=lambda msg: log(f"[{opts.worker}] {msg}"))
+    try:
+        _work_loop(store, sweep_dir, opts, stop, log, cpus, threads, warm, outcomes)
+    finally:
+        if warm is not None:
+            warm.close()
+    return outcomes
+
+
+def _work_loop(store: ResultsStore, sweep_dir: str | Path, opts: WorkerOptions, stop: threading.Event,
+               log: Callable[[str], None], cpus: Sequence[int], threads: int, warm: WarmWorker | None,
+               outcomes: list[Outcome]) -> None:
     while not stop.is_set():
         claim = store.claim(opts.worker, keys=opts.keys, max_attempts=opts.max_attempts,
                             stale_after=opts.stale_after)
@@ -337,11 +405,10 @@ def work(store: ResultsStore, sweep_dir: str | Path, opts: WorkerOptions, stop: 
             break
         how = " (reclaimed from a dead driver)" if claim.reclaimed else (" (retry)" if claim.retry else "")
         log(f"[{opts.worker}] start {claim.name} attempt {claim.attempt}{how}")
-        o = execute(store, sweep_dir, claim, opts, stop, cpus=cpus, threads=threads)
+        o = execute(store, sweep_dir, claim, opts, stop, cpus=cpus, threads=threads, warm=warm)
         last = error_summary(o.error)
         log(f"[{opts.worker}] {o.status} {claim.name} in {o.wall_s:.1f} s" + (f": {last}" if last else ""))
         outcomes.append(o)
-    return outcomes
 
 
 def run_local(store: ResultsStore, sweep_dir: str | Path, opts: WorkerOptions, parallel: int = 1,
@@ -392,6 +459,10 @@ def sbatch_script(sweep_dir: str | Path, *, array_size: int, opts: WorkerOptions
         work_cmd += ["--timeout", f"{opts.timeout_s:g}"]
     if tuple(opts.command) != DEFAULT_TRAIN_COMMAND:
         work_cmd += ["--train-cmd", shlex.join(opts.command)]
+    if opts.isolate:
+        work_cmd += ["--isolate"]
+    if opts.worker_max_runs != WorkerOptions.worker_max_runs:
+        work_cmd += ["--worker-max-runs", str(opts.worker_max_runs)]
     env = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(opts.env.items()))
     return ("\n".join(lines) + "\n\nset -euo pipefail\n" + f"cd {shlex.quote(os.getcwd())}\n"
             + "export PYTHONUNBUFFERED=1\n" + env

@@ -145,7 +145,11 @@ def _train(cfg: ml_collections.ConfigDict, info: Any, workdir: Path, identity: d
         run = _setup(cfg, info, workdir, identity, goodput, start_time)
     _log(f"{run.n_total:,} parameters ({run.n_nonembed:,} non-embedding) on mesh {dict(run.mesh.shape)}; "
          f"{info.description}")
-    started = _start(run)
+    try:
+        started = _start(run)
+    except BaseException:  # a warm worker's next run must find no exporter or checkpointer left open
+        _close_quietly(run.ckpt, run.recorder)
+        raise
     if isinstance(started, dict):  # already trained to the end
         return started
     state, start_step, train_iter = started
@@ -171,15 +175,20 @@ def _setup(cfg: ml_collections.ConfigDict, info: Any, workdir: Path, identity: d
                                process_index=jax.process_index(), prometheus_port=cfg.observe.prometheus_port,
                                prometheus_host=cfg.observe.prometheus_host, tensorboard=cfg.observe.tensorboard,
                                goodput=goodput)
+    try:
+        ckpt = Checkpointer(cfg, workdir, identity=identity)
+        progs = compiled.programs(cfg, mesh)
+    except BaseException:
+        _close_quietly(recorder)
+        raise
     return _Run(cfg=cfg, info=info, workdir=workdir, identity=identity, goodput=goodput, start_time=start_time,
-                mesh=mesh, progs=compiled.programs(cfg, mesh), b_shard=batch_sharding(mesh),
+                mesh=mesh, progs=progs, b_shard=batch_sharding(mesh),
                 blocks_shard=stacked_batch_sharding(mesh),
                 n_total=counting.count_params(cfg.model, "total"),
                 n_nonembed=counting.count_params(cfg.model, "non_embedding"),
                 tokens_per_step=cfg.data.batch_size * cfg.data.seq_len,
                 flops_per_token=counting.flops_per_token(cfg.model, cfg.data.seq_len, "palm"),
-                peak=peak or compiled.peak_flops(cfg.model.dtype), recorder=recorder,
-                ckpt=Checkpointer(cfg, workdir, identity=identity))
+                peak=peak or compiled.peak_flops(cfg.model.dtype), recorder=recorder, ckpt=ckpt)
 
 
 def _start(run: _Run) -> tuple[Any, int, Any] | dict[str, Any]:
