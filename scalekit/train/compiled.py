@@ -1,7 +1,7 @@
 """A process-level cache of a run's jitted programs, so a process that trains many runs compiles each shape once.
 
 A warm sweep worker trains run after run in one process. Runs whose model, optimizer and mesh match get the same
-`Programs`: the same jitted train step, K-step blocks, eval step and initialiser, so JAX's own cache (keyed by the
+`Programs`: the same jitted train step, K-step blocks, eval steps and initialiser, so JAX's own cache (keyed by the
 function object and the argument shapes) skips tracing and compilation for every run after the first. The key
 leaves out `steps` (the schedule's length lives in the optimizer state, see optim.py), the seed of the data and the
 run's name, which do not change the program. The cache holds the `MAX_ENTRIES` most recently used entries.
@@ -23,7 +23,8 @@ from scalekit.model.functional import ModelDef, define
 from scalekit.train import mfu as mfu_lib
 from scalekit.train.optim import make_optimizer, set_total_steps
 from scalekit.train.state import TrainState, make_init, state_shardings
-from scalekit.train.step import jit_block, jit_steps, make_eval_step, make_train_block, make_train_step
+from scalekit.train.step import (jit_block, jit_eval_block, jit_steps, make_eval_block, make_eval_step,
+                                 make_train_block, make_train_step)
 
 MAX_ENTRIES = 16
 
@@ -38,6 +39,7 @@ class Programs:
     mesh: Mesh
     train_step: Callable  # (state, batch) -> (state, metrics)
     eval_step: Callable  # (params, batch) -> {"nll_sum", "weight_sum"}
+    eval_block: Callable  # (params, batches [n, B, L]) -> {"nll_sum": [n], "weight_sum": [n]}
     _train_step_fn: Callable
     _blocks: dict[int, Callable] = dataclasses.field(default_factory=dict)
     _inits: dict[int, Callable] = dataclasses.field(default_factory=dict)
@@ -89,7 +91,8 @@ def programs(cfg: ml_collections.ConfigDict, mesh: Mesh) -> Programs:
     shardings = state_shardings(model_def, tx, mesh)
     step_fn = make_train_step(model_def, tx, cfg.model.z_loss, cfg.optimizer.microbatches)
     train_fn, eval_fn = jit_steps(step_fn, make_eval_step(model_def), shardings, mesh)
-    entry = Programs(model_def, tx, shardings, mesh, train_fn, eval_fn, step_fn)
+    eval_block = jit_eval_block(make_eval_block(make_eval_step(model_def)), shardings, mesh)
+    entry = Programs(model_def, tx, shardings, mesh, train_fn, eval_fn, eval_block, step_fn)
     _CACHE[key] = entry
     while len(_CACHE) > MAX_ENTRIES:
         _CACHE.popitem(last=False)

@@ -135,6 +135,7 @@ class _Run:
     recorder: MetricsRecorder
     ckpt: Checkpointer
     first_step_at: float = 0.0  # unix time the first step was dispatched (0 until then)
+    eval_batches: dict[str, jax.Array] | None = None  # the eval batches, stacked on the device at the first eval
 
 
 def _train(cfg: ml_collections.ConfigDict, info: Any, workdir: Path, identity: dict[str, Any], goodput: Goodput,
@@ -293,6 +294,23 @@ class _StepLog:
             self.bar.close()
 
 
+def _evaluate(run: _Run, params: Any) -> float:
+    """Mean held-out loss over the run's eval batches, in one call (the same numbers as `evaluate`, which calls
+    once per batch). The eval batches are the same at every eval: put on the device once per run."""
+    cfg = run.cfg
+    if run.eval_batches is None:
+        it = make_batches(cfg.data, "eval", cfg.seed, jax.process_index(), jax.process_count())
+        local = [next(it) for _ in range(cfg.eval_batches)]
+        stacked = {k: np.stack([b[k] for b in local]) for k in local[0]}
+        run.eval_batches = {k: jax.make_array_from_process_local_data(
+            run.blocks_shard, v, (len(local), cfg.data.batch_size, *v.shape[2:])) for k, v in stacked.items()}
+    out = jax.device_get(run.progs.eval_block(params, run.eval_batches))
+    nll, weight = 0.0, 0.0
+    for batch_nll, batch_weight in zip(out["nll_sum"], out["weight_sum"]):
+        nll, weight = nll + float(batch_nll), weight + float(batch_weight)
+    return nll / max(weight, 1.0)
+
+
 def _steps_per_dispatch(run: _Run) -> int:
     """K for this run (dispatch.choose_k): from the step time measured for these programs, else FLOPs / peak."""
     cfg = run.cfg
@@ -353,7 +371,7 @@ def _run_steps(run: _Run, state: Any, start_step: int, train_iter: Any) -> dict[
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 log.flush()
                 with goodput.phase("eval"):
-                    loss = evaluate(progs.eval_step, state.params, cfg.data, cfg.seed, cfg.eval_batches, run.b_shard)
+                    loss = _evaluate(run, state.params)
                 eval_curve.append([step, loss])
                 run.recorder.log_eval(step, {"eval_loss": loss})
                 log.restart_clock()

@@ -15,6 +15,10 @@ from scalekit.model.functional import ModelDef, init_params
 from scalekit.parallel.mesh import param_shardings
 
 
+# XLA options for compiling the initialiser on CPU: code that runs once need not be optimised (see make_init)
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
 @struct.dataclass
 class TrainState:
     """Everything a step reads and writes. `step` counts optimizer updates already applied."""
@@ -49,13 +53,18 @@ def abstract_state(model_def: ModelDef, tx: optax.GradientTransformation) -> Tra
 
 def make_init(model_def: ModelDef, tx: optax.GradientTransformation, seed: int, shardings: TrainState,
               ) -> Callable[[], TrainState]:
-    """A jitted `() -> TrainState` creating a fresh state directly in its shardings (never on one device)."""
+    """A jitted `() -> TrainState` creating a fresh state directly in its shardings (never on one device).
+
+    It runs once per run, so on CPU it is compiled without LLVM's optimisations (INIT_COMPILER_OPTIONS): a small
+    model's initialiser then compiles in a fifth of the time (about 1 s instead of 4-5 s on a 2-core machine).
+    """
     def make() -> TrainState:
         params = init_params(model_def.model_cfg, seed)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=jax.random.key_data(jax.random.key(seed + 1)))
 
-    return jax.jit(make, out_shardings=shardings)
+    options = INIT_COMPILER_OPTIONS if jax.devices()[0].platform == "cpu" else None
+    return jax.jit(make, out_shardings=shardings, compiler_options=options)
 
 
 def init_state(model_def: ModelDef, tx: optax.GradientTransformation, seed: int, shardings: TrainState,

@@ -112,9 +112,24 @@ def make_train_block(train_step: Callable[[TrainState, Batch], tuple[TrainState,
     return train_block
 
 
+def make_eval_block(eval_step: Callable[[Any, Batch], dict]) -> Callable[[Any, Batch], dict]:
+    """`eval_block(params, batches) -> {'nll_sum': [n], 'weight_sum': [n]}`: `eval_step` over n stacked batches in
+    one call (lax.map), one pair of sums per batch, so the host adds them up exactly as it did batch by batch."""
+    def eval_block(params: Any, batches: Batch) -> dict:
+        return jax.lax.map(lambda batch: eval_step(params, batch), batches)
+    return eval_block
+
+
 def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding of K stacked batches [K, B, L]: the step axis replicated, each batch as `batch_sharding`."""
     return NamedSharding(mesh, PartitionSpec(None, *batch_sharding(mesh).spec))
+
+
+def jit_eval_block(eval_block: Callable, state_shardings: TrainState, mesh: Mesh) -> Callable:
+    """jit an n-batch eval block with explicit shardings."""
+    s = stacked_batch_sharding(mesh)
+    return jax.jit(eval_block, in_shardings=(state_shardings.params, {"inputs": s, "targets": s, "weights": s}),
+                   out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
 def jit_block(train_block: Callable, state_shardings: TrainState, mesh: Mesh) -> Callable:

@@ -167,3 +167,16 @@ def test_a_second_run_of_the_same_shapes_in_one_process_compiles_nothing(tmp_pat
     assert [f._cache_size() for f in jitted] == sizes  # no jitted function traced or compiled again
     assert second["startup"]["warm_process"] and first["startup"]["to_first_step_s"] is not None
     assert second["startup"]["imports_s"] == 0.0 and second["startup"]["to_first_step_s"] is not None
+
+
+def test_eval_in_one_call_equals_eval_batch_by_batch(tmp_path):
+    cfg = tiny(steps=6, eval_every=3, eval_batches=3)
+    summary = train(cfg, tmp_path / "run")
+    # the held-out loss the old way, one call per eval batch (loop.evaluate), from the run's final parameters
+    r = resolve(cfg, 64)
+    progs = compiled.programs(r, make_mesh(r.mesh))  # the run's own (cached) programs
+    params = jax.device_put(load_params(str(tmp_path / "run"), restore_target(
+        progs.model_def.abstract_params, progs.shardings.params)), progs.shardings.params)
+    from scalekit.parallel.mesh import batch_sharding
+    expected = loop.evaluate(progs.eval_step, params, r.data, r.seed, 3, batch_sharding(progs.mesh))
+    assert summary["eval_loss"] == expected
