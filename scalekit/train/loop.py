@@ -348,7 +348,7 @@ def _run_steps(run: _Run, state: Any, start_step: int, train_iter: Any) -> dict[
     log = _StepLog(run, start_step)
     log.full_block = k
     eval_curve: list[list[float]] = history.previous_eval_curve(run.workdir) if start_step else []
-    step = start_step
+    step, diverged = start_step, None
     try:
         while step < cfg.steps:
             n = dispatch.next_block(step, k, stops)
@@ -390,12 +390,13 @@ def _run_steps(run: _Run, state: Any, start_step: int, train_iter: Any) -> dict[
         with goodput.phase("checkpoint_save"), run.recorder.checkpoint_save():
             ckpt.wait()
     except Diverged as e:
+        diverged = e
         return {"status": "diverged", "error": e, "eval_curve": eval_curve}
     finally:
         log.close()
         guard.restore()
         profiler.close()
-        if step < cfg.steps:  # preempted, diverged or failed: finish saves, flush metrics
+        if step < cfg.steps or diverged is not None:  # preempted, diverged or failed: finish saves, flush metrics
             _close_quietly(ckpt, run.recorder)
     return {"status": "done", "eval_curve": eval_curve, "last_loss": log.last_loss,
             "last_eval": eval_curve[-1][1] if eval_curve else float("nan")}
@@ -403,7 +404,6 @@ def _run_steps(run: _Run, state: Any, start_step: int, train_iter: Any) -> dict[
 
 def _diverged(run: _Run, e: Diverged, eval_curve: list[list[float]]) -> dict[str, Any]:
     """Write and return the summary of a run stopped by a non-finite loss or gradient norm."""
-    _close_quietly(run.ckpt, run.recorder)
     summary = {"status": "diverged", "step": e.step, "reason": e.reason, "loss": _json_float(e.loss),
                "grad_norm": _json_float(e.grad_norm), "steps": run.cfg.steps, "eval_curve": eval_curve,
                "run_key": run.identity["run_key"], "wall_time_s": time.time() - run.start_time,
