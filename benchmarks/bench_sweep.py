@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -61,8 +62,13 @@ def run_mode(plan_spec: str, mode: str, workdir: Path, parallel: int) -> dict:
     wall = time.perf_counter() - t0
     rows = [r for r in store.rows() if r["key"] in set(keys)]
     failed = [f"{r['name']}: {ex.error_summary(r['error'])}" for r in rows if r["status"] != "done"]
+    startups = [(r["summary"] or {}).get("startup") or {} for r in rows]
+    warm_starts = [s["to_first_step_s"] for s in startups if s.get("warm_process") and s.get("to_first_step_s")]
     return {"mode": mode, "isolate": isolate, "steps_per_dispatch": k, "runs": len(runs),
             "done": len(rows) - len(failed), "failed": failed, "wall_s": wall,
+            "goodput": {p: float(sum(((r["summary"] or {}).get("goodput") or {}).get(p, 0.0) for r in rows))
+                        for p in ("startup_s", "compile_s", "data_wait_s", "step_s", "eval_s", "checkpoint_save_s")},
+            "warm_first_step_s": sorted(warm_starts),
             "flops": float(sum(r["flops"] or 0.0 for r in rows)),
             "train_wall_s": float(sum(o.wall_s for o in outcomes)),
             "losses": {r["key"]: r["final_loss"] for r in rows}}
@@ -147,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{str(res['same_losses']):>11}")
         for f in res["failed"]:
             print(f"  FAILED {f}")
+    print("\nseconds summed over the runs, by phase (scalekit.observe.goodput; compile includes cache loads):")
+    for res in results:
+        warm = res["warm_first_step_s"]
+        first = (f"; runs after a worker's first start their first step in {statistics.median(warm):.2f} s (median; "
+                 f"{min(warm):.2f}-{max(warm):.2f})" if warm else "")
+        print(f"  {res['mode']:<14} " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in res["goodput"].items()) + first)
     for res in results[1:]:
         for a in (2, 3):
             ok = _agree(base["exponents"].get(a), res["exponents"].get(a))

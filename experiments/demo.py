@@ -1,10 +1,11 @@
 """The scalekit demo, end to end on CPU: an IsoFLOP sweep -> scaling-law fits -> HTML report -> what to train next.
 
-    python experiments/demo.py --workdir runs/demo          # `make demo`; about 5-10 minutes on 2 cores
+    python experiments/demo.py --workdir runs/demo          # `make demo`; a few minutes on 2 cores
     python experiments/demo.py --workdir runs/demo          # again: reuses every finished run, takes seconds
 
-1. Runs the IsoFLOP plan of experiments/sweep_demo.py (4 budgets x 4 model sizes on the synthetic language whose
-   entropy floor is known) with the sweep driver's local executor, two runs at a time, printing progress. Runs are
+1. Runs the IsoFLOP plan of experiments/sweep_demo.py (5 budgets over two decades of compute x 6 model sizes on the
+   synthetic language whose entropy floor is known) with the sweep driver's local executor: two warm workers, each
+   training its runs in one process, K steps per call, printing progress. Runs are
    stored in runs/demo/results.db by the hash of their config, so a rerun (or a run after an interruption) only
    trains what is missing.
 2. Fits approaches 1, 2 and 3 of Chinchilla with bootstrap intervals, checks the law by fitting the cheaper runs

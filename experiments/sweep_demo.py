@@ -1,6 +1,7 @@
-"""The demo's IsoFLOP plan: 4 compute budgets x 5 model sizes on the synthetic language, about 5 minutes on 2 CPU cores.
+"""The demo's IsoFLOP plan: 5 compute budgets over two decades (1e10 to 1e12 FLOPs) x 6 model sizes each, 30 runs on
+the synthetic language, a few minutes on 2 CPU cores.
 
-The model window moves up with the budget (as in Chinchilla's IsoFLOP profiles): each budget trains the five sizes
+The model window moves up with the budget (as in Chinchilla's IsoFLOP profiles): each budget trains the six sizes
 of the ladder that bracket its expected optimum, so every parabola has points on both sides of its minimum and no
 run is a 20,000-step tiny model. C = 6 N D; a model gets the whole steps of batch_size x seq_len tokens that spend C.
 
@@ -21,16 +22,19 @@ from typing import Any
 from scalekit.sweep.plan import Plan, RunSpec, expand, isoflop_plan
 
 # name: model fields; all two layers of two heads (so every size can attend to both tokens of the order-2 context),
-# widths 8 to 96. Total parameters with the 32-symbol vocabulary in comments.
+# widths 4 to 128 (d6 gets head_dim 4: rotary embeddings need an even head size). Total parameters with the
+# 32-symbol vocabulary in comments.
 MODELS: dict[str, dict[str, Any]] = {
-    f"d{d}": {"name": f"d{d}", "d_model": d, "n_layers": 2, "n_heads": 2} for d in (8, 12, 16, 24, 32, 48, 64, 96)
-}  # 4.1k, 6.6k, 9.3k, 15.5k, 35k, 58.6k, 111k, 228k
-# compute budget C (FLOPs, 6ND) -> the five sizes trained at it
+    f"d{d}": {"name": f"d{d}", "d_model": d, "n_layers": 2, "n_heads": 2, **({"head_dim": 4} if d == 6 else {})}
+    for d in (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+}  # 1.7k, 3.1k, 4.1k, 6.6k, 9.3k, 15.5k, 35k, 58.6k, 111k, 228k, 388k
+# compute budget C (FLOPs, 6ND) -> the six sizes trained at it: two decades of compute
 WINDOWS: dict[float, tuple[str, ...]] = {
-    3e10: ("d8", "d12", "d16", "d24", "d32"),
-    1e11: ("d12", "d16", "d24", "d32", "d48"),
-    3e11: ("d16", "d24", "d32", "d48", "d64"),
-    1e12: ("d24", "d32", "d48", "d64", "d96"),
+    1e10: ("d4", "d6", "d8", "d12", "d16", "d24"),
+    3e10: ("d8", "d12", "d16", "d24", "d32", "d48"),
+    1e11: ("d12", "d16", "d24", "d32", "d48", "d64"),
+    3e11: ("d16", "d24", "d32", "d48", "d64", "d96"),
+    1e12: ("d24", "d32", "d48", "d64", "d96", "d128"),
 }
 OVERRIDES: dict[str, Any] = {
     "data.source": "synthetic", "data.vocab_size": 32, "data.markov_order": 2, "data.concentration": 0.3,
