@@ -42,7 +42,7 @@ from typing import Any
 
 from scalekit.sweep.plan import per_run_checkpoint_dir
 from scalekit.sweep.store import Claim, ResultsStore
-from scalekit.sweep.warm import START_FAILURE, WarmWorker, kill_group
+from scalekit.sweep.warm import START_FAILURE, WarmWorker, kill_group, read_tail
 
 DEFAULT_TRAIN_COMMAND = ("{python}", "-m", "scalekit", "train", "--config", "{config}", "--workdir", "{workdir}")
 ERROR_TAIL_CHARS = 4000
@@ -159,15 +159,6 @@ def error_summary(text: str | None) -> str:
         if _EXCEPTION_LINE.search(ln):
             return ln
     return lines[-1] if lines else ""
-
-
-def _read_tail(path: Path, start: int, limit: int = ERROR_TAIL_CHARS) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(start, os.path.getsize(path) - limit))
-            return f.read().decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 def read_summary(path: Path) -> dict[str, Any] | None:
@@ -357,7 +348,8 @@ def _run_child(store: ResultsStore, sweep_dir: str | Path, rdir: Path, claim: Cl
         summary.setdefault("wall_time_s", out.wall_s)
         summary.setdefault("host", socket.gethostname())
         return _record(store, claim, summary, opts, out)
-    tail = task.startup_log() if failure.startswith(START_FAILURE) else _read_tail(err_path, start_err)
+    tail = (task.startup_log() if failure.startswith(START_FAILURE)
+            else read_tail(err_path, start_err, ERROR_TAIL_CHARS))
     if reason == "timeout":
         head = f"timed out after {opts.timeout_s:g} s"
     elif failure:

@@ -71,7 +71,8 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _tail(path: Path, start: int, limit: int = 4000) -> str:
+def read_tail(path: Path, start: int, limit: int = 4000) -> str:
+    """The last `limit` characters of a log file after byte `start` ("" when it cannot be read)."""
     try:
         with open(path, "rb") as f:
             f.seek(max(start, os.path.getsize(path) - limit))
@@ -164,14 +165,14 @@ class WarmChild:
         rc = self.proc.returncode if self.proc.returncode is not None else self.proc.wait()
         if not self.ready and not self.failure:
             head = f"exit code {rc}" + (f" (signal {-rc})" if rc < 0 else "")
-            last = _tail(self.log_path, self.log_start).splitlines()
+            last = read_tail(self.log_path, self.log_start).splitlines()
             self.failure = (f"{START_FAILURE}: {head}; its log {self.log_path}"
                             + (f": {last[-1].strip()}" if last else ""))
         return rc  # died mid-run: the run failed with this exit code, as a fresh process's would
 
     def startup_log(self) -> str:
         """What the child wrote to its own log since it started (where an import error lands)."""
-        return _tail(self.log_path, self.log_start)
+        return read_tail(self.log_path, self.log_start)
 
     def alive(self) -> bool:
         """Whether it can take another run."""

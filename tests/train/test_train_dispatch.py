@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from train_helpers import read_metrics, tiny
+from train_helpers import read_metrics, set_fields, tiny
 from scalekit.checkpoint import load_params, restore_target
 from scalekit.config import default_config, resolve
 from scalekit.model.functional import define
@@ -104,14 +104,7 @@ def test_divergence_inside_a_block_names_the_first_bad_step(tmp_path):
 # --- choosing K and the block boundaries (dispatch.py) ---------------------------------------------------------------
 
 def _cfg(**fields):
-    cfg = default_config()
-    for dotted, value in fields.items():
-        node = cfg
-        *groups, leaf = dotted.split("__")
-        for g in groups:
-            node = node[g]
-        node[leaf] = value
-    return cfg
+    return set_fields(default_config(), **fields)
 
 
 @pytest.mark.parametrize("step_time, expect", [

@@ -23,7 +23,12 @@ def tiny(steps: int = 20, **overrides) -> ml_collections.ConfigDict:
     cfg.eval_batches = 2
     cfg.eval_every = 0
     cfg.optimizer.warmup_steps = min(cfg.optimizer.warmup_steps, steps)
-    for dotted, value in overrides.items():
+    return set_fields(cfg, **overrides)
+
+
+def set_fields(cfg: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+    """Set config fields given as group__field=value (e.g. optimizer__lr=1e-3); returns cfg."""
+    for dotted, value in fields.items():
         node = cfg
         *groups, leaf = dotted.split("__")
         for g in groups:
