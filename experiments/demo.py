@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-REPORT_VERSION = 2          # bumped when the report changes, so that a rerun rewrites a report an older demo wrote
+REPORT_VERSION = 3          # bumped when the report changes, so that a rerun rewrites a report an older demo wrote
+COMPARE_BOOTSTRAP = 50      # resamples for the law comparison's prediction intervals (the main fits use --bootstrap)
 
 
 def _environment(workdir: Path) -> None:
@@ -130,9 +131,12 @@ def report(workdir: Path, bootstrap: int, refit: bool, t0: float) -> Path:
     _say(t0, f"fitting {len(results)} runs: approach 3 (variable projection + {bootstrap} bootstrap refits), "
              "approach 2 (IsoFLOP parabolas), approach 1 (training-curve envelope), extrapolation check, "
              "law comparison (every form x objective x approach, largest budget held out)")
+    from scalekit.analysis.fits import fit_sweep
     from scalekit.analysis.report import write_report
 
-    rep = write_report(results, out, bootstrap=bootstrap)
+    # the comparison's 30 rows each get prediction intervals: fewer resamples there keep the demo in minutes
+    fits = fit_sweep(results, bootstrap=bootstrap, compare_kw={"bootstrap": min(bootstrap, COMPARE_BOOTSTRAP)})
+    rep = write_report(results, out, bootstrap=bootstrap, fits=fits)
     summary = rep.fits.summary(allocations=False)
     if rep.fits.comparison is not None:
         summary += "\n\n" + rep.fits.comparison.summary()
