@@ -13,9 +13,9 @@
 Running again skips done runs, retries failed ones below --max-attempts, reclaims runs of dead drivers, and reports
 what it did. Each worker trains its runs in one warm process that imports JAX once and reuses compiled steps across
 runs of the same shapes (replaced after --worker-max-runs runs, or when it dies); --isolate, or a custom
---train-cmd, starts a fresh process per run instead. Exit code: 0 when every planned run is done, 1 when some failed, 2 for a bad plan or arguments, or a
-store that is damaged or cannot be used (one line on stderr naming the file and the fix). `status` and `export` only
-read: they work on a read-only store.
+--train-cmd, starts a fresh process per run instead. Exit code: 0 when every planned run is done, 1 when some failed,
+2 for a bad plan or arguments, or a store that is damaged or cannot be used (one line on stderr naming the file and
+the fix). `status` and `export` only read: they work on a read-only store.
 """
 
 from __future__ import annotations
