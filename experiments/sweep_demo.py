@@ -54,7 +54,9 @@ class ShiftedIsoFLOPPlan(Plan):
     catalogue: dict[str, dict[str, Any]] = {}
 
     def expand(self) -> list[RunSpec]:
-        """The runs of every budget's own IsoFLOP plan, in budget order, deduplicated by key."""
+        """The runs of every budget's own IsoFLOP plan, deduplicated by key, longest first (the largest budget's
+        smallest model first): workers claim in this order, so the long runs start early and the short ones fill
+        the end, and no worker idles while another finishes a long run."""
         runs: dict[str, RunSpec] = {}
         skipped: list[str] = []
         for budget, names in sorted(self.windows.items()):
@@ -68,7 +70,7 @@ class ShiftedIsoFLOPPlan(Plan):
                 runs.setdefault(r.key, r)
             skipped += sub.skipped
         self.skipped = skipped
-        return list(runs.values())
+        return sorted(runs.values(), key=lambda r: (-r.budget, -r.steps))
 
 
 def get_plan(arg: str | None = None) -> Plan:
@@ -79,7 +81,7 @@ def get_plan(arg: str | None = None) -> Plan:
     elif arg not in (None, ""):
         raise ValueError(f"unknown demo plan variant {arg!r}; use experiments/sweep_demo.py or :quick")
     base = isoflop_plan("demo", [], sorted(windows), flops="6N", min_steps=50, base="configs/train.py:tiny",
-                        overrides=OVERRIDES, throughput=1.5e10, overhead_s=5.0)
+                        overrides=OVERRIDES, throughput=2.5e10, overhead_s=2.0)
     plan = ShiftedIsoFLOPPlan(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Plan)})
     plan.windows, plan.catalogue = windows, MODELS
     return plan
