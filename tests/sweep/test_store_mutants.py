@@ -27,6 +27,15 @@ class Clock:
         return self.t
 
 
+def _execute(path, *statements: str) -> None:
+    """Run SQL statements on a store file directly (damaging or altering it behind the store's back)."""
+    db = sqlite3.connect(path)
+    for statement in statements:
+        db.execute(statement)
+    db.commit()
+    db.close()
+
+
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     c = Clock()
@@ -324,18 +333,10 @@ def test_check_store_schema_checks(tmp_path):
     p = tmp_path / "results.db"
     sqlite3.connect(p).close()
     p.write_bytes(b"")                       # sqlite makes a 0-byte file; give it a real empty database
-    db = sqlite3.connect(p)
-    db.execute("PRAGMA user_version = 0")
-    db.execute("CREATE TABLE t (x)")
-    db.execute("DROP TABLE t")
-    db.commit()
-    db.close()
+    _execute(p, "PRAGMA user_version = 0", "CREATE TABLE t (x)", "DROP TABLE t")
     assert check_store(p) is None            # an SQLite file with no tables: a new store
 
-    db = sqlite3.connect(p)
-    db.execute("PRAGMA user_version = 2")
-    db.commit()
-    db.close()
+    _execute(p, "PRAGMA user_version = 2")
     with pytest.raises(StoreError) as e:
         check_store(p)
     assert not isinstance(e.value, StoreDamagedError)
@@ -343,38 +344,25 @@ def test_check_store_schema_checks(tmp_path):
                             "scalekit to read it")
 
     p.unlink()
-    db = sqlite3.connect(p)
-    db.execute("CREATE TABLE runs (key TEXT)")
-    db.commit()
-    db.close()
+    _execute(p, "CREATE TABLE runs (key TEXT)")
     with pytest.raises(StoreDamagedError) as e:
         check_store(p)
     assert e.value.problem == "wrong schema: tables ['runs'] lack ['events', 'meta']"
 
     p.unlink()
     SQLiteStore(p)
-    db = sqlite3.connect(p)
-    db.execute("ALTER TABLE events DROP COLUMN detail")
-    db.commit()
-    db.close()
+    _execute(p, "ALTER TABLE events DROP COLUMN detail")
     with pytest.raises(StoreDamagedError) as e:
         check_store(p)
     assert e.value.problem == "wrong schema: table 'events' lacks columns ['detail']"
 
     p.unlink()
     SQLiteStore(p)
-    db = sqlite3.connect(p)
-    db.execute("PRAGMA user_version = 0")
-    db.execute("UPDATE meta SET v = '7' WHERE k = 'schema_version'")
-    db.commit()
-    db.close()
+    _execute(p, "PRAGMA user_version = 0", "UPDATE meta SET v = '7' WHERE k = 'schema_version'")
     with pytest.raises(StoreDamagedError) as e:
         check_store(p)
     assert e.value.problem == "unknown schema_version '7' in its meta table"
-    db = sqlite3.connect(p)
-    db.execute("UPDATE meta SET v = '1' WHERE k = 'schema_version'")
-    db.commit()
-    db.close()
+    _execute(p, "UPDATE meta SET v = '1' WHERE k = 'schema_version'")
     assert check_store(p) == 0
     SQLiteStore(p)                           # a writer stamps an unstamped store
     assert check_store(p) == 1
