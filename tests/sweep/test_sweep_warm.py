@@ -279,7 +279,7 @@ def test_a_warm_worker_that_cannot_start_is_a_one_line_error(tmp_path: Path) -> 
 
 
 def test_a_run_past_its_timeout_kills_the_child_and_the_next_run_gets_a_fresh_one(tmp_path: Path) -> None:
-    runs = _runs([MODEL_A], steps=[10000], lrs=[1e-2, 3e-3])
+    runs = _runs([MODEL_A], steps=[1_000_000], lrs=[1e-2, 3e-3])
     outcomes, rows = _sweep(tmp_path / "sweep", [r.to_row() for r in runs], timeout_s=2.0, max_attempts=1)
     assert [o.status for o in outcomes] == ["failed", "failed"]
     assert all(o.error.startswith("timed out after 2 s; attempt 1") for o in outcomes), [o.error for o in outcomes]
