@@ -25,3 +25,37 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"reference data not found at {SHARED_DATA} (a user's clone has no ../shared)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real local PostgreSQL server (scalekit.sweep.pg_local.LocalPostgres) shared by the session; skips with a
+    reason when the PostgreSQL server binaries or psycopg are not installed. Deleted at the end of the session."""
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None:
+        pytest.skip("psycopg is not installed (pip install -e '.[postgres]')")
+    from scalekit.sweep import pg_local  # lazily: the rest of the suite needs neither psycopg nor PostgreSQL
+
+    if pg_local.find_pg_bin() is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl, postgres) not found: install Debian's `postgresql` "
+                    "package (.ci/run does) or set PG_BIN")
+    server = pg_local.LocalPostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """The URL (with the password) of a fresh database t_<12 hex> on `pg_server`, dropped after the test."""
+    import contextlib
+    import uuid
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = pg_server.create_database(name)
+    yield url
+    with contextlib.suppress(Exception):
+        pg_server.drop_database(name)

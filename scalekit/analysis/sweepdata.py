@@ -135,12 +135,15 @@ def results_from_frame(df: pd.DataFrame, source: str = "") -> SweepResults:
                         sequence_floor=seq, notes=notes)
 
 
-def _floors_from_store(sweep_dir: Path) -> tuple[float | None, float | None, str]:
+def _floors_from_store(sweep_dir: Path, store: str | None = None) -> tuple[float | None, float | None, str]:
     """(entropy floor, eval-window floor, data description) from the runs' summaries and configs, when known."""
     from scalekit.sweep.store import open_store
 
     floor, seq, desc = None, None, ""
-    for r in open_store(sweep_dir, create=False).rows():
+    s = open_store(sweep_dir, create=False, readonly=True, store=store)
+    rows = s.rows()
+    s.close()
+    for r in rows:
         if r.get("status") != "done":
             continue
         summ = r.get("summary") or {}
@@ -164,14 +167,16 @@ def _floors_from_store(sweep_dir: Path) -> tuple[float | None, float | None, str
     return floor, seq, desc
 
 
-def load_sweep(sweep_dir: str | Path) -> SweepResults:
-    """The finished runs of a sweep directory, with the data's floors when the runs' data has one."""
-    from scalekit.sweep.store import load_sweep_frame
+def load_sweep(sweep_dir: str | Path, *, store: str | None = None) -> SweepResults:
+    """The finished runs of a sweep directory, with the data's floors when the runs' data has one. `store`: the
+    sweep's results store URL when it is not the directory's own (see scalekit.sweep.store.open_store)."""
+    from scalekit.sweep.store import load_sweep_frame, redact_url
 
-    sweep_dir = Path(sweep_dir)
-    res = results_from_frame(load_sweep_frame(sweep_dir), source=str(sweep_dir))
+    sweep_dir = Path(sweep_dir) if "://" not in str(sweep_dir) else sweep_dir
+    source = str(sweep_dir) if not store else f"{sweep_dir} (store {redact_url(store)})"
+    res = results_from_frame(load_sweep_frame(sweep_dir, store=store), source=source)
     if res.entropy_floor is None or res.sequence_floor is None:
-        floor, seq, desc = _floors_from_store(sweep_dir)
+        floor, seq, desc = _floors_from_store(sweep_dir, store)
         res.entropy_floor = res.entropy_floor if res.entropy_floor is not None else floor
         res.sequence_floor = res.sequence_floor if res.sequence_floor is not None else seq
         res.data_description = res.data_description or desc

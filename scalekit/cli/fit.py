@@ -29,15 +29,17 @@ def _load_frame(path: Path, args):
     """(DataFrame, default columns, notes): a table file, or the 'done' runs of a sweep directory."""
     from scalekit.laws.data import load_table
 
-    if path.is_dir():
+    if args.store or path.is_dir():
         try:
-            from scalekit.sweep.store import load_sweep_frame
+            from scalekit.sweep.store import load_sweep_frame, redact_url
         except ImportError as err:
             raise CliError(f"{path} is a directory, but the sweep store is unavailable ({err})")
-        full = load_sweep_frame(path)
+        full = load_sweep_frame(args.data or args.store, store=args.store or None)
         n_all = len(full)
         df = full[full["status"] == "done"].copy()
-        notes = [f"sweep {path}: {len(df)} of {n_all} runs done" + _skipped(full)]
+        where = f"{args.data} " if args.data else ""
+        where += f"(store {redact_url(args.store)})" if args.store else ""
+        notes = [f"sweep {where.strip()}: {len(df)} of {n_all} runs done" + _skipped(full)]
         defaults = {"N": "n_params", "D": "tokens", "loss": "eval_loss", "run": "key"}
         if "flops_6n" in df and df["flops_6n"].notna().all():
             defaults["C"] = "flops_6n"
@@ -186,16 +188,19 @@ def _run(args, caught: list[str]) -> int:
 
     try:
         fit_kw, cli_notes = _check(args)
+        if not args.data and not args.store:
+            raise CliError("give DATA (a table file or a sweep directory) or --store URL (a sweep's results store)")
         df, defaults, notes = _load_frame(Path(args.data), args)
         notes += cli_notes
-        if fit_kw and args.floor is None and Path(args.data).is_dir():
-            floor = _known_floor(Path(args.data))
+        if fit_kw and args.floor is None and (args.store or Path(args.data).is_dir()):
+            floor = _known_floor(args.data or args.store, args.store or None)
             if floor is not None:
                 fit_kw["floor"] = floor
                 notes.append(f"known loss floor {floor:.4f} nats/token (the sweep's synthetic language) used by "
                              "the diagnostics; --floor overrides it")
         law_name = _law_name(args)
-        result: dict = {"data": str(args.data), "law": law_name, "approach": args.approach}
+        result: dict = {"data": str(args.data) if args.data else _redacted(args.store), "law": law_name,
+                        "approach": args.approach}
         if law_name == "coverage":
             fits = _coverage(df, args, fit_kw)
             result["fits"] = {k: {**f.to_dict(), **({"extrapolation": r.to_dict()} if r else {})}
@@ -249,12 +254,18 @@ def _run(args, caught: list[str]) -> int:
         return _error(args.json, err)
 
 
-def _known_floor(sweep_dir: Path) -> float | None:
+def _redacted(url: str) -> str:
+    from scalekit.sweep.store import redact_url
+
+    return redact_url(url)
+
+
+def _known_floor(sweep_dir: str | Path, store: str | None = None) -> float | None:
     """The loss floor a sweep's data source knows (synthetic languages), or None."""
     try:
         from scalekit.analysis.sweepdata import load_sweep
 
-        return load_sweep(sweep_dir).floor
+        return load_sweep(sweep_dir, store=store).floor
     except (ImportError, ValueError, OSError):
         return None
 

@@ -136,7 +136,9 @@ def _budgets(s: str):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="scalekit fit", description="Fit a scaling law (approaches 1, 2 or 3 of "
                 "Chinchilla) to results in a CSV/JSONL file or a scalekit sweep directory.")
-    p.add_argument("data", help="a .csv/.tsv/.jsonl/.json file, or a sweep directory")
+    p.add_argument("data", nargs="?", default="", help="a .csv/.tsv/.jsonl/.json file, or a sweep directory")
+    p.add_argument("--store", default="", metavar="URL", help="a sweep's results store, when not DATA/results.db: "
+                   "postgresql://user@host:port/db?sweep=NAME (printed with its password as ***)")
     p.add_argument("--law", default="chinchilla", choices=LAW_CHOICES)
     p.add_argument("--approach", type=int, default=3, choices=(1, 2, 3),
                    help="3: parametric law (default); 2: IsoFLOP parabolas; 1: training-curve envelope")

@@ -18,6 +18,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scalekit report", description="Fit a sweep (approaches 1, 2, 3 of Chinchilla, "
                                 "extrapolation check, compute-optimal allocation) and write an HTML report.")
     p.add_argument("sweep_dir", help="a sweep directory (results.db), e.g. runs/demo")
+    p.add_argument("--store", default="", metavar="URL", help="the sweep's results store when it is not "
+                   "SWEEP_DIR/results.db: postgresql://user@host:port/db?sweep=NAME (SWEEP_DIR then only holds the "
+                   "report)")
     p.add_argument("--out", default=None, help="output directory (default: SWEEP_DIR/report)")
     p.add_argument("--bootstrap", type=int, default=200, metavar="K", help="bootstrap resamples for intervals")
     p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
@@ -30,10 +33,10 @@ def _parser() -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> str | None:
     """The first problem with the arguments, as one line naming the flag and the fix; None when they are fine."""
     sweep = Path(args.sweep_dir)
-    if not sweep.exists():
+    if not sweep.exists() and not args.store:  # with --store, SWEEP_DIR only receives the report
         return (f"no sweep results at {sweep}: no such directory (run `scalekit sweep run PLAN --workdir {sweep}` "
                 "first)")
-    if not sweep.is_dir():
+    if sweep.exists() and not sweep.is_dir():
         return f"{sweep} is a file; give a sweep directory (the one holding results.db)"
     if args.bootstrap < 0:
         return f"--bootstrap {args.bootstrap}: must be >= 0 (0 = no intervals)"
@@ -70,7 +73,7 @@ def main(argv: list[str]) -> int:
 
     sweep = Path(args.sweep_dir)
     try:
-        results = load_sweep(sweep)
+        results = load_sweep(sweep, store=args.store or None)
     except (OSError, ValueError, sqlite3.Error) as err:  # missing/unreadable/damaged store: one line
         print(f"scalekit report: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

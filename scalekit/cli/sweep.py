@@ -1,14 +1,20 @@
 """`scalekit sweep plan|run|work|status|export|ingest|repair`: declare, run, resume, inspect, export, repair sweeps.
 
   scalekit sweep plan PLAN [--json]                      print the runs a plan makes, with N, D, C and time
-  scalekit sweep run PLAN --workdir DIR [--executor local|slurm] [--parallel K] [--max-attempts 3]
+  scalekit sweep run PLAN --workdir DIR [--store URL] [--executor local|slurm] [--parallel K] [--max-attempts 3]
                     [--stale-after 120] [--retry-failed] [--dry-run] [--train-cmd CMD] [--isolate]
                     [--worker-max-runs 200]
-  scalekit sweep work DIR                                one worker's claim-run-record loop (what Slurm tasks run)
-  scalekit sweep status DIR [--json]                     progress, results, failures and their errors
-  scalekit sweep export DIR --format csv|jsonl|parquet [--out PATH]
-  scalekit sweep ingest DIR results.csv [--map SRC=FIELD[*FACTOR] ...]
+  scalekit sweep work DIR [--store URL]                  one worker's claim-run-record loop (what Slurm tasks run)
+  scalekit sweep status DIR [--store URL] [--json]       progress, results, failures and their errors
+  scalekit sweep export DIR [--store URL] --format csv|jsonl|parquet [--out PATH]
+  scalekit sweep ingest DIR results.csv [--store URL] [--map SRC=FIELD[*FACTOR] ...]
   scalekit sweep repair DIR [--plan PLAN] [--force]      rebuild a damaged results.db from the run directories
+  scalekit sweep migrate SRC DST [--sweep NAME]          copy a sweep's rows and events between stores
+
+The results live in DIR/results.db (SQLite) unless `--store postgresql://user@host:port/db[?sweep=NAME]` names a
+PostgreSQL database a cluster shares; `sweep run --store URL` records the URL (never its password) in DIR/store.json,
+so later commands on DIR, and Slurm tasks, find the store without --store. Passwords come from the URL, PGPASSWORD
+or ~/.pgpass; every URL is printed with its password as ***. SRC and DST of `migrate` are sweep directories or URLs.
 
 Running again skips done runs, retries failed ones below --max-attempts, reclaims runs of dead drivers, and reports
 what it did. Each worker trains its runs in one warm process that imports JAX once and reuses compiled steps across
@@ -32,7 +38,8 @@ from typing import Any
 
 from scalekit.sweep import executors as ex
 from scalekit.sweep.plan import PlanError, describe, load_plan
-from scalekit.sweep.store import STATUSES, StoreError, open_store
+from scalekit.sweep.store import (STATUSES, ResultsStore, StoreError, is_url, open_store, redact_url, store_path,
+                                  write_pointer)
 from scalekit.sweep.tables import FORMATS, IngestError, export_sweep, ingest
 
 
@@ -79,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run (or resume) a sweep")
     p.add_argument("plan")
     p.add_argument("--workdir", required=True, help="sweep directory (results.db, runs/)")
+    _add_store_arg(p)
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--parallel", type=int, default=1, help="local: runs at once; slurm: array tasks")
     p.add_argument("--retry-failed", action="store_true", help="give runs at their attempt limit new attempts")
@@ -91,26 +99,44 @@ def _parser() -> argparse.ArgumentParser:
     _add_worker_args(p)
     p = sub.add_parser("work", help="claim and run runs from a sweep until none is left")
     p.add_argument("workdir")
+    _add_store_arg(p)
     p.add_argument("--worker-id", default="")
     p.add_argument("--wait", action="store_true", help="wait for runs other workers hold instead of exiting")
     _add_worker_args(p)
     p = sub.add_parser("status", help="progress, results and failures of a sweep")
     p.add_argument("workdir")
+    _add_store_arg(p)
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("export", help="write the results as csv, jsonl or parquet")
     p.add_argument("workdir")
+    _add_store_arg(p)
     p.add_argument("--format", choices=FORMATS, default="csv")
     p.add_argument("--out", default="", help="output path (default <workdir>/results.<format>)")
     p = sub.add_parser("ingest", help="add finished runs from a CSV/JSONL table")
     p.add_argument("workdir")
     p.add_argument("table")
+    _add_store_arg(p)
     p.add_argument("--map", action="append", default=[], metavar="SRC=FIELD[*FACTOR]",
                    help="rename a column to a field (n_params, tokens, flops, final_loss, eval_loss, name, ...)")
     p = sub.add_parser("repair", help="rebuild a damaged results store from the run directories")
     p.add_argument("workdir")
     p.add_argument("--plan", default="", help="the sweep's plan: exact plan fields and order, unstarted runs pending")
     p.add_argument("--force", action="store_true", help="rebuild even a healthy store (the old file is kept aside)")
+    p = sub.add_parser("migrate", help="copy a sweep's rows and events to another store (idempotent)")
+    p.add_argument("src", help="a sweep directory or a store URL (postgresql://..., sqlite:///...)")
+    p.add_argument("dst", help="a sweep directory or a store URL; created if missing")
+    p.add_argument("--sweep", default="", help="the sweep's name in DST (default: its name in SRC)")
     return ap
+
+
+def _add_store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default="", metavar="URL",
+                   help="the results store, when not DIR/results.db: postgresql://user@host:port/db[?sweep=NAME]")
+
+
+def _open(args: argparse.Namespace, **kw: Any) -> ResultsStore:
+    """The sweep's store: --store URL, else DIR's store.json, else DIR/results.db."""
+    return open_store(args.workdir, store=args.store or None, **kw)
 
 
 def _install_stop(stop: threading.Event) -> None:
@@ -150,12 +176,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.parallel < 1 or args.max_attempts < 1:
         raise PlanError("--parallel and --max-attempts must be >= 1")
     keys = [r.key for r in runs]
-    store = open_store(args.workdir)
+    store = _open(args)
+    if args.store:
+        _point_to(args.workdir, store, args.store)
     new = store.add_runs(r.to_row() for r in runs)
     before = {r["key"]: r for r in store.rows() if r["key"] in set(keys)}
     st = Counter(r["status"] for r in before.values())
     at_limit = sum(1 for r in before.values() if r["status"] == "failed" and r["attempts"] >= args.max_attempts)
-    print(f"sweep {args.workdir}: plan {plan.name!r}, {len(runs)} runs ({new} new); already done {st['done']}, "
+    where = f" (store {store.location})" if args.store else ""
+    print(f"sweep {args.workdir}{where}: plan {plan.name!r}, {len(runs)} runs ({new} new); already done {st['done']}, "
           f"pending {st['pending']}, failed {st['failed']} ({at_limit} at the attempt limit), running {st['running']}")
     for s in plan.skipped:
         print(f"  skipped: {s}")
@@ -169,7 +198,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         path, job = ex.submit_slurm(args.workdir, array_size=size, opts=opts, dry_run=args.dry_run,
                                     job_name=f"sweep-{plan.name}", time_limit=args.slurm_time,
                                     partition=args.slurm_partition, gres=args.slurm_gres,
-                                    cpus_per_task=args.slurm_cpus_per_task, extra=args.slurm_arg)
+                                    cpus_per_task=args.slurm_cpus_per_task, extra=args.slurm_arg,
+                                    secret_env=_password_env(args.store))
         if job is None:
             print(f"dry run: wrote {path} (array of {size}); submit it with: sbatch {path}")
         else:
@@ -181,6 +211,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.time()
     outcomes = ex.run_local(store, args.workdir, opts, parallel=args.parallel, stop=stop, log=_log)
     return _report(store, keys, outcomes, time.time() - t0, args)
+
+
+def _point_to(workdir: str, store: ResultsStore, url: str) -> None:
+    """Record in the sweep directory that its results live in `url` (so `work`, `status`, `fit` find them)."""
+    if is_url(workdir):
+        return
+    local = store_path(workdir)
+    if local.exists() and not is_url(url.removeprefix("sqlite://")):
+        print(f"note: {local} is not used: this sweep's results go to {store.location} (copy the old ones over with "
+              f"`scalekit sweep migrate {workdir} URL`)")
+    write_pointer(workdir, store, url)
+
+
+def _password_env(url: str) -> dict[str, str]:
+    """PGPASSWORD for Slurm tasks when the URL carries a password (the job script itself never holds it)."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return {}
+    from scalekit.sweep.store_postgres import split_url
+    password = split_url(url)[2]
+    return {"PGPASSWORD": password} if password else {}
 
 
 def _report(store: Any, keys: list[str], outcomes: list[ex.Outcome], wall: float, args: argparse.Namespace) -> int:
@@ -206,7 +256,7 @@ def _report(store: Any, keys: list[str], outcomes: list[ex.Outcome], wall: float
 
 def cmd_work(args: argparse.Namespace) -> int:
     """One worker: claim-run-record until nothing is claimable."""
-    store = open_store(args.workdir, create=False)
+    store = _open(args, create=False)
     opts = _worker_opts(args)
     opts.worker, opts.wait = args.worker_id, args.wait
     stop = threading.Event()
@@ -217,10 +267,11 @@ def cmd_work(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_dict(workdir: str) -> dict[str, Any]:
+def status_dict(workdir: str, store_url: str | None = None) -> dict[str, Any]:
     """The sweep's status as plain data (what `status --json` prints)."""
-    store = open_store(workdir, create=False, readonly=True)
+    store = open_store(workdir, create=False, readonly=True, store=store_url)
     rows = store.rows()
+    store.close()
     counts = Counter(r["status"] for r in rows)
     now = time.time()
     runs = []
@@ -231,7 +282,8 @@ def status_dict(workdir: str) -> dict[str, Any]:
                     | {"heartbeat_age_s": now - r["heartbeat"] if r["status"] == "running" and r["heartbeat"]
                        else None, "fields": r.get("fields") or {}})
     total = len(rows)
-    return {"workdir": str(workdir), "total": total, "counts": {s: counts[s] for s in STATUSES}
+    return {"workdir": str(workdir) if not is_url(workdir) else redact_url(str(workdir)), "store": store.location,
+            "sweep": store.sweep, "total": total, "counts": {s: counts[s] for s in STATUSES}
             | {s: n for s, n in sorted(counts.items()) if s not in STATUSES},
             "progress": counts["done"] / total if total else 0.0, "runs": runs,
             "failures": [{"name": r["name"], "key": r["key"], "attempts": r["attempts"], "error": r["error"]}
@@ -240,13 +292,14 @@ def status_dict(workdir: str) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the status table (or JSON)."""
-    s = status_dict(args.workdir)
+    s = status_dict(args.workdir, args.store or None)
     if args.json:
         print(json.dumps(s, indent=1, default=str))
         return 0
     c = s["counts"]
     bar = "#" * int(30 * s["progress"])
-    print(f"sweep {s['workdir']}: {s['total']} runs  [{bar:<30}] {100 * s['progress']:.0f}% done  "
+    where = "" if s["store"] == str(store_path(s["workdir"])) else f" (store {s['store']}, sweep {s['sweep']!r})"
+    print(f"sweep {s['workdir']}{where}: {s['total']} runs  [{bar:<30}] {100 * s['progress']:.0f}% done  "
           f"(done {c['done']}, running {c['running']}, pending {c['pending']}, failed {c['failed']}"
           + "".join(f", {k} {n}" for k, n in c.items() if k not in STATUSES) + ")")
     head = (f"{'name':<34} {'key':<8} {'status':<8} {'try':>3} {'N':>8} {'D':>8} {'C':>8} {'loss':>7} "
@@ -268,14 +321,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the results table."""
-    path = export_sweep(args.workdir, args.format, args.out or None)
+    path = export_sweep(args.workdir, args.format, args.out or None, store=args.store or None)
     print(f"wrote {path}")
     return 0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Add finished runs from a table."""
-    added, present = ingest(args.workdir, args.table, args.map)
+    added, present = ingest(args.workdir, args.table, args.map, store=_open(args))
     print(f"ingested {added} runs from {args.table} into {args.workdir} ({present} already there)")
     return 0
 
@@ -288,6 +341,15 @@ def cmd_repair(args: argparse.Namespace) -> int:
     report = repair(args.workdir, force=args.force, plan_rows=plan_rows)
     print("\n".join(report.lines()))
     return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Copy a sweep between stores; exit 1 when some runs differ between the two (nothing is overwritten)."""
+    from scalekit.sweep.migrate import migrate
+
+    report = migrate(args.src, args.dst, sweep=args.sweep or None)
+    print("\n".join(report.lines()))
+    return 1 if report.conflicts else 0
 
 
 def _one_line(e: BaseException) -> str:
@@ -305,7 +367,7 @@ def main(argv: list[str]) -> int:
     """Entry point of `scalekit sweep`."""
     args = _parser().parse_args(argv)
     handler = {"plan": cmd_plan, "run": cmd_run, "work": cmd_work, "status": cmd_status, "export": cmd_export,
-               "ingest": cmd_ingest, "repair": cmd_repair}[args.cmd]
+               "ingest": cmd_ingest, "repair": cmd_repair, "migrate": cmd_migrate}[args.cmd]
     try:
         return handler(args)
     except (PlanError, IngestError) as e:

@@ -462,8 +462,9 @@ def sbatch_script(sweep_dir: str | Path, *, array_size: int, opts: WorkerOptions
 
 
 def submit_slurm(sweep_dir: str | Path, *, array_size: int, opts: WorkerOptions, dry_run: bool = False,
-                 **slurm: Any) -> tuple[Path, str | None]:
-    """Write `<sweep_dir>/slurm/sweep-<time>.sbatch`; unless dry_run, submit it. Return (script path, job id)."""
+                 secret_env: dict[str, str] | None = None, **slurm: Any) -> tuple[Path, str | None]:
+    """Write `<sweep_dir>/slurm/sweep-<time>.sbatch`; unless dry_run, submit it. Return (script path, job id).
+    `secret_env` (e.g. PGPASSWORD) goes to sbatch's environment, which the tasks inherit, never into the script."""
     sdir = Path(sweep_dir)
     (sdir / "slurm").mkdir(parents=True, exist_ok=True)
     path = sdir / "slurm" / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
@@ -472,7 +473,8 @@ def submit_slurm(sweep_dir: str | Path, *, array_size: int, opts: WorkerOptions,
     if dry_run:
         return path, None
     try:
-        res = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=False)
+        res = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=False,
+                             env={**os.environ, **(secret_env or {})})
     except FileNotFoundError as e:
         raise RuntimeError(f"sbatch not found: is Slurm installed here? The script is at {path}") from e
     if res.returncode != 0:

@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scalekit.sweep.store import (RESULT_FIELDS, SQLiteStore, StoreDamagedError, StoreError, _dumps, _clean, _now,
-                                  check_store, store_path)
+from scalekit.sweep.store import RESULT_FIELDS, StoreDamagedError, StoreError, _clean, _dumps, _now, store_path
+from scalekit.sweep.store_sqlite import SQLiteStore, check_store
 
 _ATTEMPT = re.compile(rb"^--- attempt (\d+) by ", re.M)
 
@@ -234,17 +234,16 @@ def _write_rows(store: SQLiteStore, rows: Sequence[dict[str, Any]], problem: str
                 return res[k] if res.get(k) is not None else r.get(k)
 
             finished = r["status"] != "pending"
-            db.execute(
-                "INSERT INTO runs (key, ord, name, status, source, config, fields, n_params, n_params_nonembed, "
-                "tokens, flops, flops_6n, final_loss, eval_loss, eval_curve, wall_time_s, host, summary, attempts, "
-                "error, created, finished) VALUES (?, ?, ?, ?, 'plan', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?)",
-                (r["key"], i, r["name"], r["status"], _dumps(r.get("config")), _dumps(r.get("fields") or {}),
-                 pick("n_params"), pick("n_params_nonembed"), pick("tokens"), pick("flops"), pick("flops_6n"),
-                 _clean(res["final_loss"]), _clean(res["eval_loss"]), _dumps(res["eval_curve"]),
-                 res["wall_time_s"], res["host"], _dumps(r.get("result")), r["attempts"],
-                 None if r["status"] in ("done", "pending") else _error_of(r),
-                 now, now if finished else None))
+            store._insert_run(db, {  # noqa: SLF001 - the store's own insert
+                "key": r["key"], "ord": i, "name": r["name"], "status": r["status"], "source": "plan",
+                "config": _dumps(r.get("config")), "fields": _dumps(r.get("fields") or {}),
+                "n_params": pick("n_params"), "n_params_nonembed": pick("n_params_nonembed"),
+                "tokens": pick("tokens"), "flops": pick("flops"), "flops_6n": pick("flops_6n"),
+                "final_loss": _clean(res["final_loss"]), "eval_loss": _clean(res["eval_loss"]),
+                "eval_curve": _dumps(res["eval_curve"]), "wall_time_s": res["wall_time_s"], "host": res["host"],
+                "summary": _dumps(r.get("result")), "attempts": r["attempts"],
+                "error": None if r["status"] in ("done", "pending") else _error_of(r),
+                "created": now, "finished": now if finished else None})
             store._event(db, r["key"], "repaired", attempt=r["attempts"],  # noqa: SLF001
                          detail=f"{r['status']} from {'runs/' + r['_dir'] if r['_dir'] else 'the plan'}; old store "
                                 f"{problem}")

@@ -28,11 +28,16 @@ class IngestError(ValueError):
     """The table cannot be ingested; the message names the columns or rows and the fix."""
 
 
-def export_sweep(sweep_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
-    """Write the sweep's DataFrame as csv, jsonl or parquet (default `<sweep_dir>/results.<fmt>`); return the path."""
+def export_sweep(sweep_dir: str | Path, fmt: str, out: str | Path | None = None, *,
+                 store: str | None = None) -> Path:
+    """Write the sweep's DataFrame as csv, jsonl or parquet (default `<sweep_dir>/results.<fmt>`); return the path.
+    `store`: the store's URL when it is not the directory's own (see open_store)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
-    df = load_sweep_frame(sweep_dir)
+    if not out and "://" in str(sweep_dir):
+        raise ValueError(f"exporting from a store URL needs --out PATH (there is no sweep directory to write "
+                         f"results.{fmt} into)")
+    df = load_sweep_frame(sweep_dir, store=store)
     path = Path(out) if out else Path(sweep_dir) / f"results.{fmt}"
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":

@@ -3,6 +3,8 @@ claim order, stale-driver handling, read-only refusals, the store checks and the
 
 Written to kill the mutants `make mutate` found alive. Time is a fake clock (store._now patched), so heartbeats,
 staleness and timestamps are exact; each expectation follows the module's docstrings, written out by hand.
+The tests of the store's operations run on both backends (the `backend` fixture, tests/sweep/conftest.py); those
+about SQLite files (check_store, PRAGMAs, the version-1 migration) on SQLite only.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from store_v1 import FOUR_STATUSES, make_v1_store
 
 from scalekit.sweep import store as st
 from scalekit.sweep.store import (FRAME_COLUMNS, SCHEMA_VERSION, Claim, ResultsStore, SQLiteStore, StoreDamagedError,
@@ -49,18 +52,18 @@ def plan_rows(*names: str) -> list[dict]:
             for i, n in enumerate(names)]
 
 
-def events(store: SQLiteStore, key: str | None = None) -> list[tuple]:
+def events(store: ResultsStore, key: str | None = None) -> list[tuple]:
     return [(e["key"], e["event"], e["worker"], e["attempt"], e["detail"]) for e in store.events(key)]
 
 
-def row(store: SQLiteStore, key: str) -> dict:
+def row(store: ResultsStore, key: str) -> dict:
     return next(r for r in store.rows() if r["key"] == key)
 
 
 # --- the lifecycle of a run -----------------------------------------------------------------------------------------
 
-def test_add_claim_heartbeat_finish_writes_every_column_and_event(tmp_path, clock):
-    store = SQLiteStore(tmp_path / "results.db")
+def test_add_claim_heartbeat_finish_writes_every_column_and_event(backend, clock):
+    store = backend.open()
     assert store.add_runs(plan_rows("a", "b")) == 2
     clock.t = 1001.0
     assert store.add_runs(plan_rows("b", "c")[::-1]) == 1       # c new, b already there
@@ -119,8 +122,8 @@ def test_add_claim_heartbeat_finish_writes_every_column_and_event(tmp_path, cloc
     assert ResultsStore.counts(store) == store.counts()
 
 
-def test_claim_order_keys_filter_and_exhaustion(tmp_path, clock):
-    store = SQLiteStore(tmp_path / "results.db")
+def test_claim_order_keys_filter_and_exhaustion(backend, clock):
+    store = backend.open()
     store.add_runs(plan_rows("a", "b", "c"))
     assert store.claim("w", keys=["key-c"]).key == "key-c"
     assert store.claim("w", keys=["key-nothing"]) is None
@@ -134,8 +137,8 @@ def test_claim_order_keys_filter_and_exhaustion(tmp_path, clock):
     assert store.claim("w") is None                     # b and c running with fresh heartbeats, a running again
 
 
-def test_a_pending_run_is_claimed_before_a_stale_one_and_stale_before_failed(tmp_path, clock):
-    store = SQLiteStore(tmp_path / "results.db")
+def test_a_pending_run_is_claimed_before_a_stale_one_and_stale_before_failed(backend, clock):
+    store = backend.open()
     store.add_runs(plan_rows("failed", "stale", "pending"))
     f = store.claim("w", keys=["key-failed"])
     store.fail(f, "x", "w")
@@ -144,8 +147,8 @@ def test_a_pending_run_is_claimed_before_a_stale_one_and_stale_before_failed(tmp
     assert [store.claim("w2", stale_after=100).key for _ in range(3)] == ["key-pending", "key-stale", "key-failed"]
 
 
-def test_stale_running_run_is_reclaimed_then_failed_when_out_of_attempts(tmp_path, clock):
-    store = SQLiteStore(tmp_path / "results.db")
+def test_stale_running_run_is_reclaimed_then_failed_when_out_of_attempts(backend, clock):
+    store = backend.open()
     store.add_runs(plan_rows("a"))
     c1 = store.claim("w1")
     clock.t += 100
@@ -166,8 +169,8 @@ def test_stale_running_run_is_reclaimed_then_failed_when_out_of_attempts(tmp_pat
     assert events(store, "key-a")[-1] == ("key-a", "lost", "w3", 2, "stale heartbeat, no attempts left")
 
 
-def test_lost_appends_to_an_earlier_error(tmp_path, clock):
-    store = SQLiteStore(tmp_path / "results.db")
+def test_lost_appends_to_an_earlier_error(backend, clock):
+    store = backend.open()
     store.add_runs(plan_rows("a"))
     store.fail(store.claim("w"), "first error", "w")
     store.claim("w", max_attempts=2)
@@ -176,8 +179,8 @@ def test_lost_appends_to_an_earlier_error(tmp_path, clock):
     assert row(store, "key-a")["error"] == "first error\ndriver lost (heartbeat stale) on the last attempt"
 
 
-def test_fail_release_reset_and_retry_limits(tmp_path, clock):
-    store = SQLiteStore(tmp_path / "results.db")
+def test_fail_release_reset_and_retry_limits(backend, clock):
+    store = backend.open()
     store.add_runs(plan_rows("a", "b"))
     c = store.claim("w", keys=["key-a"])
     clock.t = 1005.0
@@ -207,8 +210,8 @@ def test_fail_release_reset_and_retry_limits(tmp_path, clock):
     assert store.reset_failed() == 2
 
 
-def test_diverge_keeps_the_summary_and_is_never_retried(tmp_path, clock):
-    store = SQLiteStore(tmp_path / "results.db")
+def test_diverge_keeps_the_summary_and_is_never_retried(backend, clock):
+    store = backend.open()
     store.add_runs(plan_rows("a"))
     c = store.claim("w")
     clock.t = 1050.0
@@ -223,25 +226,32 @@ def test_diverge_keeps_the_summary_and_is_never_retried(tmp_path, clock):
     assert events(store, "key-a")[-1] == ("key-a", "diverged_after_lost", "w", 1, "again")
 
 
-def test_diverge_on_a_store_without_the_diverged_status_records_a_failure(tmp_path, clock):
+def test_an_old_store_is_migrated_in_place_and_then_records_divergence(tmp_path, clock):
     path = tmp_path / "results.db"
-    store = SQLiteStore(path)
-    store.add_runs(plan_rows("a"))
+    make_v1_store(path, [("key-a", "a", "pending"), ("key-b", "b", "done")], check=FOUR_STATUSES)
+    assert check_store(path) == 1
+    store = SQLiteStore(path)                # a writer migrates version 1 to 2 (and drops the four-status CHECK)
+    assert check_store(path) == SCHEMA_VERSION == 2 and store.sweep == tmp_path.name
+    assert [(r["sweep"], r["key"], r["status"], r["final_loss"]) for r in store.rows()] == [
+        (tmp_path.name, "key-a", "pending", None), (tmp_path.name, "key-b", "done", 2.5)]
+    assert events(store) == [("key-a", "added", None, None, "a"), ("key-b", "added", None, None, "b")]
     c = store.claim("w")
-    db = sqlite3.connect(path)      # an old store: its CHECK admits four statuses only
-    db.executescript("PRAGMA writable_schema = ON; UPDATE sqlite_master SET sql = replace(sql, "
-                     "'CHECK (length(status) > 0)', 'CHECK (status IN (''pending'', ''running'', ''done'', "
-                     "''failed''))') WHERE name = 'runs'; PRAGMA writable_schema = OFF;")
-    db.close()
-    store = SQLiteStore(path)
     assert store.diverge(c, {"final_loss": None}, "nan loss", "w") is True
-    r = row(store, "key-a")
-    assert (r["status"], r["error"]) == ("failed", "nan loss")
-    assert events(store, "key-a")[-1][:2] == ("key-a", "failed")
+    assert (row(store, "key-a")["status"], row(store, "key-a")["error"]) == ("diverged", "nan loss")
+    assert "CHECK (length(status) > 0)" in sqlite3.connect(path).execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
 
 
-def test_add_done_ingests_finished_rows(tmp_path, clock):
-    store = SQLiteStore(tmp_path / "results.db")
+def test_an_old_store_read_only_is_read_as_it_is(tmp_path):
+    path = tmp_path / "results.db"
+    make_v1_store(path, [("key-a", "a", "done")])
+    ro = SQLiteStore(path, readonly=True)
+    assert [(r["key"], r["final_loss"]) for r in ro.rows()] == [("key-a", 2.5)] and ro.counts()["done"] == 1
+    assert check_store(path) == 1            # reading migrated nothing
+
+
+def test_add_done_ingests_finished_rows(backend, clock):
+    store = backend.open()
     store.add_runs(plan_rows("a"))
     rows = [{"key": "key-a", "name": "dup"},
             {"key": "key-x", "name": "x", "fields": {"budget": 1e18}, "n_params": 5, "n_params_nonembed": 4,
@@ -264,26 +274,44 @@ def test_add_done_ingests_finished_rows(tmp_path, clock):
 
 # --- read-only and creation ---------------------------------------------------------------------------------------
 
-def test_readonly_and_create_false(tmp_path, clock):
-    path = tmp_path / "results.db"
+def test_readonly_and_create_false(backend, clock):
     with pytest.raises(FileNotFoundError) as e:
-        SQLiteStore(path, readonly=True)
-    assert str(e.value) == (f"no sweep results at {str(path)!r} (run `scalekit sweep run PLAN --workdir {tmp_path}` "
-                            "first)")
+        backend.open(readonly=True)
+    if backend.name == "sqlite":
+        path = backend.db_path()
+        assert str(e.value) == (f"no sweep results at {str(path)!r} (run `scalekit sweep run PLAN --workdir "
+                                f"{path.parent}` first)")
+    else:
+        assert str(e.value) == (f"no scalekit sweeps in the database {backend.location()} (run `scalekit sweep run "
+                                "PLAN --workdir DIR --store URL` first)")
     with pytest.raises(FileNotFoundError):
-        SQLiteStore(path, create=False)
-    assert not path.exists()
-    SQLiteStore(path).add_runs(plan_rows("a"))
-    ro = SQLiteStore(path, readonly=True)
+        backend.open(create=False)
+    assert not backend.exists()
+    backend.open().add_runs(plan_rows("a"))
+    ro = backend.open(readonly=True)
     assert ro.readonly and ro.counts()["pending"] == 1
     with pytest.raises(StoreError) as e:
         ro.add_runs(plan_rows("b"))
-    assert str(e.value) == (f"results store {str(path)!r} was opened read-only; open it with open_store(DIR) to "
-                            "change it")
-    assert SQLiteStore(path, create=False).claim("w").key == "key-a"
+    if backend.name == "sqlite":
+        assert str(e.value) == (f"results store {str(backend.db_path())!r} was opened read-only; open it with "
+                                "open_store(DIR) to change it")
+    else:
+        assert str(e.value) == (f"results store {backend.location()} was opened read-only; open it with "
+                                "open_store(URL) to change it")
+    for write in (lambda: ro.claim("w"), lambda: ro.add_done(plan_rows("c"), "x"), lambda: ro.reset_failed()):
+        with pytest.raises(StoreError, match="was opened read-only"):
+            write()
+    assert ro.counts()["pending"] == 1 and len(ro.events()) == 1
+    assert backend.open(create=False).claim("w").key == "key-a"
+    assert ro.counts()["running"] == 1                          # a read-only store sees the writers' changes
+
+
+def test_a_new_sqlite_store_is_stamped_in_wal_mode(tmp_path, clock):
+    path = tmp_path / "results.db"
+    SQLiteStore(path).add_runs(plan_rows("a"))
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
-    assert db.execute("SELECT v FROM meta WHERE k = 'schema_version'").fetchone()[0] == "1"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("SELECT v FROM meta WHERE k = 'schema_version'").fetchone()[0] == "2"
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -336,11 +364,11 @@ def test_check_store_schema_checks(tmp_path):
     _execute(p, "PRAGMA user_version = 0", "CREATE TABLE t (x)", "DROP TABLE t")
     assert check_store(p) is None            # an SQLite file with no tables: a new store
 
-    _execute(p, "PRAGMA user_version = 2")
+    _execute(p, "PRAGMA user_version = 3")
     with pytest.raises(StoreError) as e:
         check_store(p)
     assert not isinstance(e.value, StoreDamagedError)
-    assert str(e.value) == (f"results store {str(p)!r} has schema version 2, newer than this scalekit's 1: upgrade "
+    assert str(e.value) == (f"results store {str(p)!r} has schema version 3, newer than this scalekit's 2: upgrade "
                             "scalekit to read it")
 
     p.unlink()
@@ -357,15 +385,15 @@ def test_check_store_schema_checks(tmp_path):
     assert e.value.problem == "wrong schema: table 'events' lacks columns ['detail']"
 
     p.unlink()
-    SQLiteStore(p)
-    _execute(p, "PRAGMA user_version = 0", "UPDATE meta SET v = '7' WHERE k = 'schema_version'")
+    make_v1_store(p, [("key-a", "a", "pending")], user_version=0)
+    _execute(p, "UPDATE meta SET v = '7' WHERE k = 'schema_version'")
     with pytest.raises(StoreDamagedError) as e:
         check_store(p)
     assert e.value.problem == "unknown schema_version '7' in its meta table"
     _execute(p, "UPDATE meta SET v = '1' WHERE k = 'schema_version'")
     assert check_store(p) == 0
-    SQLiteStore(p)                           # a writer stamps an unstamped store
-    assert check_store(p) == 1
+    SQLiteStore(p)                           # a writer migrates an unstamped (version 1) store
+    assert check_store(p) == SCHEMA_VERSION
 
 
 # --- open_store, store_path, the helpers and the frame -----------------------------------------------------------
@@ -375,9 +403,10 @@ def test_open_store_locations(tmp_path):
     assert store_path(tmp_path / "x.db") == tmp_path / "x.db"
     s = open_store(f"sqlite://{tmp_path / 'url.db'}")
     assert isinstance(s, SQLiteStore) and s.path == tmp_path / "url.db" and (tmp_path / "url.db").exists()
-    with pytest.raises(NotImplementedError) as e:
-        open_store("postgresql://db/sweeps")
-    assert str(e.value).startswith("results store backend 'postgresql' is not built yet; implement")
+    with pytest.raises(StoreError) as e:
+        open_store("mysql://db/sweeps")
+    assert str(e.value) == ("results store URL 'mysql://db/sweeps': unknown scheme 'mysql' (use postgresql://... or "
+                            "sqlite:///path/results.db, or a sweep directory)")
     f = tmp_path / "afile"
     f.write_text("x")
     with pytest.raises(StoreError) as e:
@@ -421,10 +450,16 @@ def test_frame_from_rows_types_and_fields():
     assert df["flops"].tolist()[0] == 3.0 and math.isnan(df["final_loss"].tolist()[1])
 
 
-def test_load_sweep_frame_reads_without_writing(tmp_path):
-    SQLiteStore(tmp_path / "results.db").add_runs(plan_rows("a", "b"))
-    df = st.load_sweep_frame(tmp_path)
+def test_load_sweep_frame_reads_without_writing(backend, tmp_path):
+    backend.open().add_runs(plan_rows("a", "b"))
+    df = st.load_sweep_frame(backend.sweep_dir())
     assert df["key"].tolist() == ["key-a", "key-b"] and df["status"].tolist() == ["pending", "pending"]
     assert df["seed"].tolist() == [0, 1]
+    assert df["name"].tolist() == ["a", "b"] and df["attempts"].tolist() == [0, 0]
+    assert len(backend.open().events()) == 2                    # reading logged nothing
     with pytest.raises(FileNotFoundError):
         st.load_sweep_frame(tmp_path / "nothing")
+    if backend.name == "postgres":
+        with pytest.raises(FileNotFoundError):
+            st.load_sweep_frame(tmp_path / "nothing", store=backend.url("nothing"))
+        assert [s["sweep"] for s in backend.open().sweeps()] == ["s"]    # the missing sweep was not created

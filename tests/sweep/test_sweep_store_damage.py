@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from store_v1 import make_v1_store
 
 from scalekit.cli import sweep as cli
 from scalekit.sweep import executors as ex
@@ -111,14 +112,8 @@ def test_sqlite_file_with_another_schema_is_damaged(tmp_path: Path, capsys: pyte
     _assert_one_line_error(rc, err, "wrong schema", "sweep repair")
 
 
-def test_unversioned_store_is_accepted_and_stamped_only_by_a_writer(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
-    store.add_runs([{"key": "k" * 16, "name": "r", "config": {}}])
-    db = sqlite3.connect(tmp_path / "results.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    db.execute("PRAGMA user_version = 0")  # a store written before the version existed
-    db.commit()
-    db.close()
+def test_unversioned_store_is_accepted_and_migrated_only_by_a_writer(tmp_path: Path) -> None:
+    make_v1_store(tmp_path / "results.db", [("k" * 16, "r", "pending")], user_version=0)  # before versions existed
 
     def version() -> int:
         c = sqlite3.connect(tmp_path / "results.db")
