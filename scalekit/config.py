@@ -53,6 +53,9 @@ def default_config() -> ml_collections.ConfigDict:
     m.z_loss = 0.0  # coefficient of the z-loss (log Z)^2; 0 = off
     m.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32)
     m.remat = False  # rematerialise each block in the backward pass
+    m.parametrization = "standard"  # "standard" | "mup" (model/mup.py: learning rates and scales that transfer)
+    m.base_width = 0  # muP: the d_model whose hyperparameters transfer (0 = this model's d_model: no rescaling)
+    m.base_head_dim = 0  # muP: the head dimension at base width (0 = base_width // n_heads)
 
     d = c.data = ml_collections.ConfigDict()
     d.source = "synthetic"  # "synthetic" | "bytes" | "tokens" | "task"
@@ -113,6 +116,7 @@ def default_config() -> ml_collections.ConfigDict:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.mlp": ("swiglu", "gelu"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.parametrization": ("standard", "mup"),
     "data.source": ("synthetic", "bytes", "tokens", "task"),
     "data.token_dtype": ("uint16", "uint32", "int32"),
     "optimizer.schedule": ("cosine", "wsd", "constant"),
@@ -122,6 +126,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 _POSITIVE = ("steps", "model.d_model", "model.n_layers", "model.n_heads", "data.seq_len", "data.batch_size",
              "optimizer.lr", "optimizer.microbatches", "checkpoint.keep", "eval_batches", "log_every")
 _NON_NEGATIVE = ("eval_every", "steps_per_dispatch", "model.n_kv_heads", "model.head_dim", "model.d_ff",
+                 "model.base_width", "model.base_head_dim",
                  "model.vocab_size", "model.z_loss",
                  "optimizer.warmup_steps", "optimizer.weight_decay", "optimizer.grad_clip", "checkpoint.every",
                  "checkpoint.keep_period", "peak_flops", "observe.prometheus_port", "data.worker_count",
@@ -175,6 +180,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if m.n_heads > 0 and kv > 0 and m.n_heads % kv:
         problems.append(f"model.n_heads={m.n_heads} is not a multiple of model.n_kv_heads={kv} (grouped-query "
                         "attention shares each kv head among n_heads/n_kv_heads query heads)")
+    if m.parametrization != "mup" and (m.base_width or m.base_head_dim):
+        problems.append(f"model.base_width={m.base_width}, model.base_head_dim={m.base_head_dim} only apply under "
+                        "muP: set --config.model.parametrization=mup, or leave them 0")
     head_dim = m.head_dim or (m.d_model // max(m.n_heads, 1))
     if head_dim % 2:
         problems.append(f"head dimension {head_dim} must be even for rotary embeddings; adjust model.d_model, "

@@ -18,19 +18,32 @@ from typing import Any
 IDENTITY_EXCLUDE = ("progress", "log_every", "steps_per_dispatch", "profile_steps", "peak_flops",
                     "compilation_cache_dir", "observe", "distributed", "checkpoint", "mesh", "data.worker_count",
                     "data.prefetch")
+# Fields added after keys were first issued, left out of the key while they hold these defaults (which train exactly
+# as before the field existed), so the runs of existing sweeps and checkpoints keep their keys.
+IDENTITY_DEFAULTS = {"model.parametrization": "standard", "model.base_width": 0, "model.base_head_dim": 0}
 # Fields a resumed run may change: extending a run (more steps) continues the same experiment.
 RESUMABLE_CHANGES = ("steps",)
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config as plain JSON types without the IDENTITY_EXCLUDE fields: what the key hashes."""
+    """The config as plain JSON types without the IDENTITY_EXCLUDE fields (nor IDENTITY_DEFAULTS fields at their
+    defaults): what the key hashes."""
     doc = json.loads(json.dumps(dict(config)))
     for dotted in IDENTITY_EXCLUDE:
-        node, parts = doc, dotted.split(".")
-        for part in parts[:-1]:
-            node = node.get(part, {})
+        node, parts = _parent(doc, dotted)
         node.pop(parts[-1], None)
+    for dotted, default in IDENTITY_DEFAULTS.items():
+        node, parts = _parent(doc, dotted)
+        if parts[-1] in node and node[parts[-1]] == default:
+            del node[parts[-1]]
     return doc
+
+
+def _parent(doc: dict[str, Any], dotted: str) -> tuple[dict[str, Any], list[str]]:
+    node, parts = doc, dotted.split(".")
+    for part in parts[:-1]:
+        node = node.get(part, {})
+    return node, parts
 
 
 def run_key(config: Mapping[str, Any], allow_nan: bool = False) -> str:

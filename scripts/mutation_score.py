@@ -30,7 +30,7 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
           36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 37: "killed",
           -11: "segfault", -9: "segfault", 2: "interrupted", None: "not checked"}
 AREAS = {"scalekit/laws/": "laws/ (all)", "scalekit/train/step.py": "train/step.py",
-         "scalekit/checkpoint.py": "checkpoint.py", "scalekit/sweep/store.py": "sweep/store.py",
+         "scalekit/checkpoint.py": "checkpoint.py", "scalekit/sweep/store": "sweep/store*.py",
          "scalekit/model/counting.py": "model/counting.py"}
 
 

@@ -298,8 +298,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     c = s["counts"]
     bar = "#" * int(30 * s["progress"])
-    where = "" if s["store"] == str(store_path(s["workdir"])) else f" (store {s['store']}, sweep {s['sweep']!r})"
-    print(f"sweep {s['workdir']}{where}: {s['total']} runs  [{bar:<30}] {100 * s['progress']:.0f}% done  "
+    if is_url(args.workdir):
+        head = f"sweep {s['sweep']!r} in {s['store']}"
+    else:
+        local = s["store"] == str(store_path(s["workdir"]))
+        head = f"sweep {s['workdir']}" + ("" if local else f" (store {s['store']}, sweep {s['sweep']!r})")
+    print(f"{head}: {s['total']} runs  [{bar:<30}] {100 * s['progress']:.0f}% done  "
           f"(done {c['done']}, running {c['running']}, pending {c['pending']}, failed {c['failed']}"
           + "".join(f", {k} {n}" for k, n in c.items() if k not in STATUSES) + ")")
     head = (f"{'name':<34} {'key':<8} {'status':<8} {'try':>3} {'N':>8} {'D':>8} {'C':>8} {'loss':>7} "

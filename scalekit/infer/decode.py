@@ -43,15 +43,18 @@ def init_cache(model_cfg: Any, batch: int, length: int) -> Cache:
             for _ in range(model_cfg.n_layers)]
 
 
-def attend(q_BSNH: jax.Array, k_BTKH: jax.Array, v_BTKH: jax.Array, mask_BST: jax.Array) -> jax.Array:
+def attend(q_BSNH: jax.Array, k_BTKH: jax.Array, v_BTKH: jax.Array, mask_BST: jax.Array,
+           scale: float | None = None) -> jax.Array:
     """Softmax attention of S queries over T cached keys where mask_BST is True (grouped-query heads shared).
 
-    Query head n uses kv head n // (N / K), as jax.nn.dot_product_attention does. Scores and softmax in float32.
+    Query head n uses kv head n // (N / K), as jax.nn.dot_product_attention does. Scores and softmax in float32;
+    `scale` multiplies the scores (None: 1/sqrt(H); a muP model passes its own, as its training attention does).
     """
     B, S, N, H = q_BSNH.shape
     K = k_BTKH.shape[2]
     q_BSKGH = q_BSNH.reshape(B, S, K, N // K, H)
-    s_BKGST = jnp.einsum("bskgh,btkh->bkgst", q_BSKGH, k_BTKH, preferred_element_type=jnp.float32) * H ** -0.5
+    s_BKGST = jnp.einsum("bskgh,btkh->bkgst", q_BSKGH, k_BTKH, preferred_element_type=jnp.float32) * (
+        H ** -0.5 if scale is None else scale)
     s_BKGST = jnp.where(mask_BST[:, None, None], s_BKGST, jnp.finfo(jnp.float32).min)
     p_BKGST = jax.nn.softmax(s_BKGST, axis=-1).astype(v_BTKH.dtype)
     o_BSKGH = jnp.einsum("bkgst,btkh->bskgh", p_BKGST, v_BTKH)
@@ -69,7 +72,7 @@ def forward_cached(model: Transformer, tokens_BS: jax.Array, positions_BS: jax.A
                            _CACHE_AXES)
         v_BTKH = constrain(jax.lax.dynamic_update_slice_in_dim(v_BTKH, v_BSKH.astype(v_BTKH.dtype), col, 1),
                            _CACHE_AXES)
-        x_BSD = x_BSD + block.attn.project_out(attend(q_BSNH, k_BTKH, v_BTKH, mask_BST))
+        x_BSD = x_BSD + block.attn.project_out(attend(q_BSNH, k_BTKH, v_BTKH, mask_BST, block.attn.scale))
         x_BSD = constrain(x_BSD, ("batch", "length", "act_embed"))
         x_BSD = x_BSD + block.mlp(block.mlp_norm(x_BSD))
         x_BSD = constrain(x_BSD, ("batch", "length", "act_embed"))

@@ -1,7 +1,8 @@
 """A decoder-only transformer in Flax NNX with logical-axis annotations on every parameter and key activation.
 
 Pre-norm RMSNorm blocks; rotary position embeddings; causal multi-head (optionally grouped-query) attention through
-jax.nn.dot_product_attention; a SwiGLU or GELU MLP; optional QK-norm; tied or untied embeddings. Parameters are
+jax.nn.dot_product_attention; a SwiGLU or GELU MLP; optional QK-norm; tied or untied embeddings; standard or muP
+parametrization (model/mup.py: the attention scale and output multiplier here, the learning rates in train/optim.py). Parameters are
 float32; `dtype` sets the compute dtype (weights are cast at use, norms and softmax statistics stay float32).
 Shape suffixes: B batch, L length, D d_model, N query heads, K kv heads, H head_dim, F d_ff, V vocab.
 """
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scalekit.model.mup import scales as mup_scales
 from scalekit.parallel.rules import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -76,6 +78,7 @@ class Attention(nnx.Module):
         self.k_norm = RMSNorm(h) if cfg.qk_norm else None
         self.rope_theta = cfg.rope_theta
         self.dtype = DTYPES[cfg.dtype]
+        self.scale = mup_scales(cfg).attn_scale  # None: 1/sqrt(head_dim); muP: sqrt(base_head_dim)/head_dim
 
     def project_qkv(self, x_BLD: jax.Array, positions_BL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Queries, keys and values with rotary embeddings (and QK-norm) applied."""
@@ -95,7 +98,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array) -> jax.Array:
         q_BLNH, k_BLKH, v_BLKH = self.project_qkv(x_BLD, positions_BL)
-        attn_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BLKH, v_BLKH, is_causal=True)
+        attn_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BLKH, v_BLKH, is_causal=True, scale=self.scale)
         return self.project_out(attn_BLNH)
 
 
@@ -148,6 +151,7 @@ class Transformer(nnx.Module):
                            _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.d_model ** -0.5))
         self.dtype = DTYPES[cfg.dtype]
         self.remat = bool(cfg.remat)
+        self.output_mult = mup_scales(cfg).output_mult  # 1 unless muP at another width than the base
 
     def embed(self, tokens_BL: jax.Array) -> jax.Array:
         x_BLD = jnp.take(self.embed_VD[...], tokens_BL, axis=0).astype(self.dtype)
@@ -161,6 +165,8 @@ class Transformer(nnx.Module):
         else:
             w_DV = self.unembed_DV[...]
         logits_BLV = jnp.einsum("bld,dv->blv", x_BLD, w_DV.astype(self.dtype))
+        if self.output_mult != 1.0:
+            logits_BLV = logits_BLV * self.output_mult
         return constrain(logits_BLV, ("batch", "length", "act_vocab")).astype(jnp.float32)
 
     def __call__(self, tokens_BL: jax.Array, positions_BL: jax.Array | None = None) -> jax.Array:

@@ -82,7 +82,7 @@ def run_grpo(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     difficulty = int(cfg.data.difficulty)
     mesh = make_mesh(cfg.mesh)
     model_def = define(cfg.model)
-    tx = make_optimizer(cfg.optimizer, cfg.steps)
+    tx = make_optimizer(cfg.optimizer, cfg.steps, cfg.model)
     shardings = state_shardings(model_def, tx, mesh)
     state = init_state(model_def, tx, cfg.seed, shardings)
     params = load_params(cfg.init_from, restore_target(model_def.abstract_params, shardings.params))

@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scalekit.sweep.store import RESULT_FIELDS, StoreDamagedError, StoreError, _clean, _dumps, _now, store_path
+from scalekit.sweep.store import (RESULT_FIELDS, StoreDamagedError, StoreError, _clean, _dumps, _now, read_pointer,
+                                  store_path)
 from scalekit.sweep.store_sqlite import SQLiteStore, check_store
 
 _ATTEMPT = re.compile(rb"^--- attempt (\d+) by ", re.M)
@@ -255,6 +256,11 @@ def repair(sweep_dir: str | Path, *, force: bool = False, plan_rows: Sequence[di
     Raises RepairRefused when the store is healthy and not `force`, StoreError when the directory is unusable.
     """
     sweep_dir = Path(sweep_dir)
+    pointer = read_pointer(sweep_dir) if sweep_dir.is_dir() else None
+    if pointer is not None:
+        raise StoreError(f"{str(sweep_dir)!r} keeps its results in the database {pointer['url']} (its store.json), "
+                         "which a server keeps consistent: repair rebuilds SQLite stores only. To rebuild a local "
+                         "copy instead, move store.json aside and run `scalekit sweep repair` again")
     if not sweep_dir.is_dir():
         raise StoreError(f"sweep directory {str(sweep_dir)!r} " + ("is a file, not a directory" if sweep_dir.exists()
                                                                    else "does not exist"))

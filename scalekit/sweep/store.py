@@ -23,6 +23,7 @@ import abc
 import dataclasses
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -221,7 +222,7 @@ def write_pointer(sweep_dir: str | Path, store: ResultsStore, url: str) -> None:
     """Record in the sweep directory where its results live (the URL without its password), atomically."""
     d = Path(sweep_dir)
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{POINTER_FILE}.tmp"
+    tmp = d / f".{POINTER_FILE}.{os.getpid()}.{time.monotonic_ns()}.tmp"  # one per writer: drivers race
     tmp.write_text(json.dumps({"url": url_without_password(url), "sweep": store.sweep}, indent=1) + "\n")
     tmp.replace(d / POINTER_FILE)
 

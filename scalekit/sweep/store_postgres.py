@@ -120,11 +120,15 @@ class PostgresStore(SQLStore):
             kwargs={"row_factory": psycopg.rows.dict_row, "connect_timeout": connect_timeout_s},
             configure=_set_search_path, check=psycopg_pool.ConnectionPool.check_connection,
             name=f"scalekit-store-{new_op()[:6]}")
-        self._pool.open(wait=True, timeout=connect_timeout_s + 5)
         weakref.finalize(self, self._pool.close)
         try:
+            self._pool.open(wait=True, timeout=connect_timeout_s + 5)
             self._setup(create=create and not readonly)
             self.sweep = self._resolve_sweep(sweep or url_sweep, workdir, create=create and not readonly)
+        except psycopg_pool.PoolTimeout as e:
+            self._pool.close()
+            raise StoreError(f"results store {self.location}: no connection within {connect_timeout_s + 5} s "
+                             f"({' '.join(self._scrub(str(e)).split())})") from None
         except BaseException:
             self._pool.close()
             raise

@@ -70,6 +70,12 @@ class SQLStore(ResultsStore):
         row = db.execute("SELECT event FROM events WHERE op = ?", (op,)).fetchone()
         return None if row is None else row["event"]
 
+    def _count_of(self, db: Any, op: str) -> Any:
+        """A committed write's count of new rows (one event each), or NOT_APPLIED when it logged none: a write that
+        added nothing is safe to run again."""
+        n = db.execute("SELECT COUNT(*) AS n FROM events WHERE op = ?", (op,)).fetchone()["n"]
+        return n if n else NOT_APPLIED
+
     def _next_ord(self, db: Any) -> int:
         self._lock_sweep(db)
         return db.execute("SELECT COALESCE(MAX(ord), -1) + 1 AS n FROM runs WHERE sweep = ?",
@@ -106,7 +112,7 @@ class SQLStore(ResultsStore):
                     new += 1
                     self._event(db, r["key"], "added", detail=r["name"], op=op)
             return new
-        return self._run(fn)
+        return self._run(fn, self._count_of)
 
     def claim(self, worker: str, *, keys: Sequence[str] | None = None, max_attempts: int = 3,
               stale_after: float = 120.0) -> Claim | None:
@@ -227,7 +233,7 @@ class SQLStore(ResultsStore):
                     new += 1
                     self._event(db, r["key"], "ingested", detail=source, op=op)
             return new
-        return self._run(fn)
+        return self._run(fn, self._count_of)
 
     def rows(self) -> list[dict[str, Any]]:
         where, args = self._where()
@@ -257,7 +263,7 @@ class SQLStore(ResultsStore):
                     self._event(db, row["key"], "reset", op=op)
                     n += 1
             return n
-        return self._run(fn)
+        return self._run(fn, self._count_of)
 
     # --- whole sweeps (migrate, repair) ----------------------------------------------------------------------------
     def dump(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

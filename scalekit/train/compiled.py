@@ -87,7 +87,7 @@ def programs(cfg: ml_collections.ConfigDict, mesh: Mesh) -> Programs:
         _CACHE.move_to_end(key)
         return _CACHE[key]
     model_def = define(cfg.model)
-    tx = make_optimizer(cfg.optimizer, 1)  # the run's length is set in the state (set_total_steps)
+    tx = make_optimizer(cfg.optimizer, 1, cfg.model)  # the run's length is set in the state (set_total_steps)
     shardings = state_shardings(model_def, tx, mesh)
     step_fn = make_train_step(model_def, tx, cfg.model.z_loss, cfg.optimizer.microbatches)
     train_fn, eval_fn = jit_steps(step_fn, make_eval_step(model_def), shardings, mesh)

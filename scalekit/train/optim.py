@@ -1,4 +1,5 @@
-"""Optimizer and learning-rate schedules: AdamW (optax) with warmup + cosine, warmup-stable-decay, or constant.
+"""Optimizer and learning-rate schedules: AdamW (optax) with warmup + cosine, warmup-stable-decay, or constant, and
+muP's per-parameter learning rates.
 
 The schedule's total step count lives in the optimizer state as an array rather than being baked into the compiled
 step, so runs that differ only in length (every run of an IsoFLOP sweep) share one compiled step and the persistent
@@ -13,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from scalekit.model import mup
 
 
 def _lr(opt_cfg: Any, count: Any, total: Any, xp: Any) -> Any:
@@ -80,12 +83,24 @@ def _decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(opt_cfg: Any, total_steps: int) -> optax.GradientTransformation:
-    """Global-norm clipping (when grad_clip > 0), then AdamW: Adam moments, decoupled weight decay, the schedule."""
+def mup_learning_rates(model_cfg: Any) -> optax.GradientTransformation:
+    """muP's per-parameter Adam learning rates (model/mup.py): hidden matrices' updates times 1/width_mult, the
+    embedding, readout and norm scales unchanged; an optax.multi_transform over the parameters' labels."""
+    hidden = mup.scales(model_cfg).hidden_lr
+    return optax.multi_transform({"hidden": optax.scale(hidden), "vector": optax.identity()},
+                                 lambda params: jax.tree_util.tree_map_with_path(lambda p, _: mup.param_label(p),
+                                                                                 params))
+
+
+def make_optimizer(opt_cfg: Any, total_steps: int, model_cfg: Any = None) -> optax.GradientTransformation:
+    """Global-norm clipping (when grad_clip > 0), then AdamW: Adam moments, decoupled weight decay, muP's
+    per-parameter learning rates (when model_cfg's parametrization is 'mup'), the schedule."""
     parts = []
     if opt_cfg.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(float(opt_cfg.grad_clip)))
     parts += [optax.scale_by_adam(b1=float(opt_cfg.b1), b2=float(opt_cfg.b2), eps=float(opt_cfg.eps)),
-              optax.add_decayed_weights(float(opt_cfg.weight_decay), mask=_decay_mask),
-              scale_by_schedule(opt_cfg, total_steps)]
+              optax.add_decayed_weights(float(opt_cfg.weight_decay), mask=_decay_mask)]
+    if model_cfg is not None and model_cfg.get("parametrization", "standard") == "mup":
+        parts.append(mup_learning_rates(model_cfg))  # after the decay: it scales with the rate, as in MuAdamW
+    parts.append(scale_by_schedule(opt_cfg, total_steps))
     return optax.chain(*parts)
