@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scalekit.analysis.lrsweep import SweepLrLaw, fit_sweep_lr_law
 from scalekit.analysis.style import human
 from scalekit.analysis.sweepdata import CONVENTIONS, SweepResults
 from scalekit.laws import (AllocationFit, ExtrapolationReport, LawFit, ScalingLawWarning, extrapolation_check,
@@ -39,7 +40,7 @@ class SweepFits:
     results: SweepResults
     approaches: dict[int, AllocationFit | LawFit] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)   # "1", "2", "3", FLOOR_LABEL, "extrapolation",
-    #                                                          "compare" -> why
+    #                                                          "compare", "lr_law" -> why
     extrapolation: ExtrapolationReport | None = None
     extrapolation_optimum: dict | None = None       # approach 2 below the threshold, N_opt at the held-out budget
     extrapolation_floor: ExtrapolationReport | None = None  # the same check with E pinned to the known floor
@@ -49,6 +50,7 @@ class SweepFits:
     level: float = 0.95
     bootstrap: int = 0
     warnings: list[str] = field(default_factory=list)
+    lr_law: SweepLrLaw | None = None                # learning-rate grids: per-cell optima and lr_opt(N) = c N^-k
 
     # ------------------------------------------------------------------------------------------------ derived
     @property
@@ -179,6 +181,7 @@ class SweepFits:
             "comparison": self.comparison.to_dict() if self.comparison is not None else None,
             "compute_optimal_winner": ({"law": self.comparison.describe_winner(), "allocations":
                                         self.winner_allocations()} if self.winner_fit is not None else None),
+            "lr_law": self.lr_law.to_dict() if self.lr_law is not None else None,
             "warnings": self.warnings, "notes": r.notes,
         })
 
@@ -210,6 +213,8 @@ class SweepFits:
                          f"winner {c.describe_winner()}")
         elif "compare" in self.errors:
             lines.append(f"law comparison: not run ({self.errors['compare']})")
+        if self.lr_law is not None:
+            lines.append(self.lr_law.summary())
         if allocations:
             lines.append(allocation_text(self))
         return "\n".join(lines)
@@ -350,7 +355,11 @@ def fit_sweep(results: SweepResults, *, bootstrap: int = 200, level: float = 0.9
     """Fit approaches 3, 2 and 1, run the extrapolation check and the law comparison (`compare_laws` with the top
     budget held out; `compare_kw` overrides its arguments, e.g. {"objectives": ("huber_log",)}), and set the
     target budgets (multiples of the largest C in the sweep). `grid` (approach 3's starting grid) defaults to
-    Chinchilla's 4,500 starts."""
+    Chinchilla's 4,500 starts.
+
+    A sweep with learning-rate grids is fitted on its best lr per (size, budget) cell (`results.frame`, see
+    `results_from_frame`), and `lr_law` holds each cell's interpolated optimal lr and the law lr_opt(N) = c N^(-k)
+    with t-based intervals at `level` (`scalekit.analysis.lrsweep.fit_sweep_lr_law`; None without grids)."""
     out = SweepFits(results, level=level, bootstrap=bootstrap)
     caught: list[str] = []
 
@@ -402,6 +411,9 @@ def fit_sweep(results: SweepResults, *, bootstrap: int = 200, level: float = 0.9
             except ValueError as err:
                 out.errors["compare"] = f"{type(err).__name__}: {err}"
     out.warnings = list(dict.fromkeys(caught))
+    out.lr_law = fit_sweep_lr_law(results, level=level)
+    if out.lr_law is not None and out.lr_law.error:
+        out.errors["lr_law"] = out.lr_law.error
     cmax = float(np.max(results.budgets if results.budgets is not None else results.C))
     out.targets = np.array([cmax * m for m in multiples])
     return out

@@ -289,6 +289,62 @@ def plot_training_curves(results: SweepResults, ax=None, x: str = "D"):
     return fig
 
 
+def plot_lr_sweep(lr_law, axes=None):
+    """Learning-rate grids (`scalekit.analysis.lrsweep.SweepLrLaw`): left, loss against lr for each (size, budget)
+    cell, coloured by N, with its interpolated optimum starred (a cross where the best lr is at the edge of the
+    grid); right, each cell's lr_opt against N with the fitted law lr_opt = c N^-k and its interval band."""
+    fig, (axl, axr) = get_axes_pair(axes)
+    t = lr_law.grid_cells()
+    colors, sm = value_colors(t["n_params"].to_numpy(np.float64)) if len(t) else ([], None)
+    edge_label = True
+    for (_, row), col in zip(t.iterrows(), colors):
+        x = np.asarray(row["lrs"], np.float64)
+        y = np.asarray(row["losses"], np.float64)
+        ok = np.isfinite(y)
+        where = row["budget"] if row["budget"] == row["budget"] and row["budget"] is not None else None
+        label = f"N = {human(row['n_params'])}" + (f", C = {sci(where, 2)}" if where is not None else "")
+        axl.plot(x[ok], y[ok], "o-", color=col, ms=4.5, lw=1.1, mec="white", mew=0.5,
+                 label=label if len(t) <= 8 else None)
+        if row["at_edge"]:
+            axl.plot(row["lr_opt"], row["loss_opt"], "X", color=ROLE["holdout"], ms=9, mec="black", mew=0.6,
+                     zorder=5, label="best lr at the grid's edge (widen it)" if edge_label else None)
+            edge_label = False
+        else:
+            axl.plot(row["lr_opt"], row["loss_opt"], "*", color=col, ms=13, mec="black", mew=0.6, zorder=5)
+    axl.plot([], [], "*", color="0.6", ms=11, mec="black", mew=0.6, label="interpolated lr_opt")
+    axl.set_xscale("log")
+    axl.grid(True, which="both", alpha=0.25)
+    axl.set_xlabel("learning rate")
+    axl.set_ylabel("eval loss (nats/token)")
+    axl.set_title("Loss against learning rate per size")
+    axl.legend(fontsize=7.5, loc="best")
+    if sm is not None:
+        _colorbar(fig, axl, sm, "parameters N")
+    if len(t):
+        edge = t["at_edge"].astype(bool).to_numpy()
+        N, lr = t["n_params"].to_numpy(np.float64), t["lr_opt"].to_numpy(np.float64)
+        axr.plot(N[~edge], lr[~edge], "o", color=ROLE["data"], ms=6, mec="white", label="interpolated lr_opt")
+        if edge.any():
+            axr.plot(N[edge], lr[edge], "X", color=ROLE["holdout"], ms=8, mec="black", mew=0.6,
+                     label="at the grid's edge")
+    law = lr_law.law
+    if law is not None:
+        Ns = np.geomspace(law.N.min() / 1.5, law.N.max() * 1.5, 100)
+        iv = law.intervals.get("k")
+        axr.plot(Ns, law.predict(Ns), "-", color=ROLE["approach3"], lw=1.8,
+                 label=f"lr_opt = {law.c:.3g} N^-{law.k:.3f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else ""))
+        lo, hi = law.predict_interval(Ns)
+        if np.all(np.isfinite(lo)):
+            axr.fill_between(Ns, lo, hi, color=ROLE["approach3"], alpha=0.18, lw=0,
+                             label=f"{round(law.level * 100):g}% interval of the law")
+    loglog(axr)
+    axr.set_xlabel("parameters N")
+    axr.set_ylabel("optimal learning rate")
+    axr.set_title("Learning-rate law")
+    axr.legend(fontsize=7.5, loc="best")
+    return fig
+
+
 def plot_coverage(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], fits: Mapping[str, LawFit] | None = None,
                   ax=None, log_y: bool = False):
     """Coverage (pass@k averaged over problems) against the number of samples k, one curve per label, with the
@@ -322,4 +378,4 @@ def plot_coverage(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], fits: Map
 
 __all__ = ["plot_isoflop", "plot_loss_vs_compute", "plot_optimal_allocation", "plot_loss_surface",
            "plot_residuals", "plot_extrapolation", "plot_comparison", "plot_comparison_errors", "plot_training_curves",
-           "plot_coverage", "human"]
+           "plot_coverage", "plot_lr_sweep", "human"]

@@ -4,7 +4,9 @@ The report says what was run, the fitted laws with intervals under each approach
 fitted E against the data's known floor, the extrapolation check (fit the cheaper runs, predict the largest budget),
 the law comparison (every form x objective x approach ranked by its error on the held-out top budget) and the
 compute-optimal model and token count at 10x, 100x and 1000x the largest budget (from the comparison's winner, and
-under each approach).
+under each approach). A sweep with learning-rate grids adds a section on the learning rate per model size: each
+cell's grid, best and interpolated optimal lr (flagged where the best lr is at the grid's edge), and the fitted law
+lr_opt(N) = c N^-k with its interval; sweeps without grids omit it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ FIGURES = (("isoflop", "IsoFLOP profiles with their fitted parabolas; stars mark
            ("comparison", "The law comparison's winner, fitted on every budget but the largest, against the runs of "
                           "the largest (held out), with its prediction band."),
            ("comparison_errors", "Held-out error of every law x objective x approach of the comparison."),
-           ("training_curves", "Training (eval-loss) curves coloured by model size."))
+           ("training_curves", "Training (eval-loss) curves coloured by model size."),
+           ("lr_sweep", "Loss against learning rate for each (size, budget) cell with its interpolated optimum "
+                        "(stars; crosses where the best lr is at the edge of the grid), and the optimal learning "
+                        "rate against N with the fitted law lr_opt = c N^-k and its interval."))
 
 
 @dataclass
@@ -75,6 +80,8 @@ def make_figures(fits: SweepFits) -> dict[str, "plt.Figure"]:
         figs["comparison_errors"] = plots.plot_comparison_errors(c)
     if not r.curves().empty:
         figs["training_curves"] = plots.plot_training_curves(r)
+    if fits.lr_law is not None and len(fits.lr_law.grid_cells()):
+        figs["lr_sweep"] = plots.plot_lr_sweep(fits.lr_law)
     return figs
 
 
@@ -245,6 +252,47 @@ def _interval_method(c) -> str:
             "the fit's in-sample log residuals (inflated by sqrt(n/(n-p)))")
 
 
+def _lr_section(fits: SweepFits) -> str:
+    """Learning-rate grids: the per-cell table and the fitted law lr_opt(N) = c N^-k with its interval."""
+    lr = fits.lr_law
+    env = fits.results.lr_envelope or {}
+    out = [f"<p>Some (size, budget) cells were trained at several learning rates. The fits above use each cell "
+           f"once, at its best learning rate (the lowest loss, averaged over seeds first where a learning rate has "
+           f"several): {env.get('n_dropped', 0)} of {env.get('n_before', len(fits.results))} runs were left out. "
+           "The optimal learning rate of each cell is the vertex of a parabola in log lr through its best grid "
+           "point and the two neighbours (clipped to the grid); a best point at the edge of the grid cannot be "
+           "interpolated and is flagged.</p>"]
+    g = lr.grid_cells()
+    rows = []
+    for _, r in g.iterrows():
+        b = r["budget"] if r["budget"] is not None and r["budget"] == r["budget"] else None
+        rows.append((str(r["model"]) if r["model"] is not None else "", human(r["n_params"]),
+                     fmt(b) if b is not None else human(r["tokens"]),
+                     ", ".join(fmt(x) for x in r["lrs"]), fmt(r["lr_best"]), fmt(r["lr_opt"]),
+                     "at edge: widen the grid" if r["at_edge"] else ""))
+    out.append(_table(("size", "N", "budget C" if g["budget"].notna().any() else "tokens D", "lr grid", "best lr",
+                       "interpolated lr_opt", "at edge"), rows))
+    law = lr.law
+    if law is None:
+        out.append(f"<p class=bad>lr law not fitted: {html.escape(lr.error or 'no result')}</p>")
+    else:
+        pct = f"{int(round(law.level * 100))}%"
+        iv, ivc = law.intervals.get("k"), law.intervals.get("c")
+        out.append(f"<p>Fitted law (least squares of log lr_opt on log N, {law.n_points} cells): "
+                   f"<b>{html.escape(law.formula())}</b>.</p>")
+        prow = [("k (lr_opt ~ N^-k)", fmt(law.k), _iv(iv)), ("c", fmt(law.c), _iv(ivc)),
+                ("log residual sd", fmt(law.residual_sd), "")]
+        out.append(_table(("parameter", "value", f"{pct} interval ({law.method})" if iv else ""), prow))
+        nmax = float(law.N.max())
+        preds = []
+        for m in (1.0, 10.0, 100.0):
+            lo, hi = law.predict_interval(nmax * m)
+            preds.append((human(nmax * m), fmt(law.predict(nmax * m)), _iv((lo, hi)) if lo == lo else ""))
+        out.append(_table(("N", "predicted lr_opt", f"{pct} interval of the law"), preds))
+    out += [f"<p class=note>{html.escape(n)}</p>" for n in lr.notes + (law.notes if law is not None else [])]
+    return "\n".join(out)
+
+
 def _allocation_section(fits: SweepFits) -> str:
     rows = []
     if fits.winner_fit is not None:
@@ -292,8 +340,10 @@ def render_html(fits: SweepFits, images: dict[str, bytes], title: str = "scaleki
              "<h2 id=agreement>How far the approaches agree</h2>", _agreement_section(fits),
              "<h2 id=extrapolation>Extrapolation check</h2>", _extrapolation_section(fits),
              "<h2 id=comparison>Law comparison</h2>", _comparison_section(fits),
-             "<h2 id=allocation>Compute-optimal allocation at larger budgets</h2>", _allocation_section(fits),
-             "<h2 id=figures>Figures</h2>", *figs]
+             "<h2 id=allocation>Compute-optimal allocation at larger budgets</h2>", _allocation_section(fits)]
+    if fits.lr_law is not None:
+        parts += ["<h2 id=learning-rate>Learning rate per model size</h2>", _lr_section(fits)]
+    parts += ["<h2 id=figures>Figures</h2>", *figs]
     if warn:
         parts.append(f"<h2 id=warnings>Warnings and notes</h2><ul>{warn}</ul>")
     src = html.escape(fits.results.source or "DIR")

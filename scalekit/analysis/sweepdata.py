@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scalekit.analysis.lrsweep import envelope_note, has_lr_grid, lr_envelope
 from scalekit.laws import ScalingData
 
 CONVENTIONS = ("N = total parameters (embeddings included)", "D = training tokens",
@@ -32,6 +33,11 @@ class SweepResults:
     sequence_floor: float | None = None      # the floor of the eval loss over a seq_len window (>= entropy_floor)
     data_description: str = ""
     notes: list[str] = field(default_factory=list)
+    # Sweeps with learning-rate grids (several lrs in some (size, budget) cell): `frame` holds one run per cell, the
+    # best lr's (scalekit.analysis.lrsweep.lr_envelope); `lr_frame` every done run of the grids, plus the diverged
+    # ones with an infinite loss, for the learning-rate law; `lr_envelope` what the envelope did. None otherwise.
+    lr_frame: pd.DataFrame | None = None
+    lr_envelope: dict | None = None
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -109,10 +115,16 @@ def _floats(df: pd.DataFrame, col: str) -> pd.Series:
 
 
 def results_from_frame(df: pd.DataFrame, source: str = "") -> SweepResults:
-    """SweepResults from a sweep DataFrame (`load_sweep_frame`) or any frame with its columns; keeps 'done' rows."""
+    """SweepResults from a sweep DataFrame (`load_sweep_frame`) or any frame with its columns; keeps 'done' rows.
+
+    Where some (size, budget) cell was trained at several learning rates (an `lr` column with several values in a
+    cell), the fits count each cell once, at its best lr: seeds averaged per lr first, then the lr with the lowest
+    mean loss (`scalekit.analysis.lrsweep.lr_envelope`; columns lr_best, lr_grid_size, n_seeds; a note says how many
+    runs it dropped). Frames with one lr per cell come back exactly as before."""
     n_total = len(df)
     n_failed = int((df["status"] == "failed").sum()) if "status" in df else 0
     n_diverged = int((df["status"] == "diverged").sum()) if "status" in df else 0
+    diverged = df[df["status"] == "diverged"].copy() if "status" in df else df.iloc[:0].copy()
     if "status" in df:
         df = df[df["status"] == "done"]
     df = df.copy()
@@ -125,6 +137,12 @@ def results_from_frame(df: pd.DataFrame, source: str = "") -> SweepResults:
     if not ok.all():
         notes.append(f"{int((~ok).sum())} done run(s) without a usable loss, N or D were left out")
     df = df[ok].reset_index(drop=True)
+    lr_frame = lr_info = None
+    if has_lr_grid(df):
+        diverged["loss"] = np.inf
+        lr_frame = pd.concat([df, diverged], ignore_index=True) if len(diverged) else df.copy()
+        df, lr_info = lr_envelope(df)
+        notes.append(envelope_note(lr_info))
     floor = None
     if "entropy_floor" in df and _floats(df, "entropy_floor").notna().any():
         floor = float(_floats(df, "entropy_floor").dropna().iloc[0])
@@ -132,7 +150,7 @@ def results_from_frame(df: pd.DataFrame, source: str = "") -> SweepResults:
     if "sequence_floor" in df and _floats(df, "sequence_floor").notna().any():
         seq = float(_floats(df, "sequence_floor").dropna().iloc[0])
     return SweepResults(df, source=source, n_total=n_total, n_failed=n_failed, entropy_floor=floor,
-                        sequence_floor=seq, notes=notes)
+                        sequence_floor=seq, notes=notes, lr_frame=lr_frame, lr_envelope=lr_info)
 
 
 def _floors_from_store(sweep_dir: Path, store: str | None = None) -> tuple[float | None, float | None, str]:

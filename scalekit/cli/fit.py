@@ -41,6 +41,8 @@ def _load_frame(path: Path, args):
         where += f"(store {redact_url(args.store)})" if args.store else ""
         notes = [f"sweep {where.strip()}: {len(df)} of {n_all} runs done" + _skipped(full)]
         defaults = {"N": "n_params", "D": "tokens", "loss": "eval_loss", "run": "key"}
+        df, more = _lr_envelope(df, args.loss_col or "eval_loss")
+        notes += more
         if "flops_6n" in df and df["flops_6n"].notna().all():
             defaults["C"] = "flops_6n"
             notes.append("C = flops_6n (6 N D) from the sweep store")
@@ -62,6 +64,29 @@ def _load_frame(path: Path, args):
     if not path.exists():
         raise CliError(f"no such file or directory: {path}")
     return load_table(path), {}, [f"file {path}"]
+
+
+def _lr_envelope(df, loss_col: str):
+    """(frame, notes): a sweep with several learning rates per (size, budget) cell keeps each cell's best lr (seeds
+    averaged first; `scalekit.analysis.lrsweep.lr_envelope`); other sweeps come back unchanged."""
+    import pandas as pd
+
+    from scalekit.analysis.lrsweep import envelope_note, has_lr_grid, lr_envelope
+
+    if loss_col not in df or "lr" not in df:
+        return df, []
+    had_loss = "loss" in df.columns
+    tmp = df.rename(columns={"loss": "_loss_orig"}) if had_loss and loss_col != "loss" else df
+    tmp = tmp.assign(loss=pd.to_numeric(tmp[loss_col], errors="coerce"))
+    if not has_lr_grid(tmp):
+        return df, []
+    env, info = lr_envelope(tmp)
+    env[loss_col] = env["loss"]
+    if loss_col != "loss":
+        env = env.drop(columns="loss")
+        if had_loss:
+            env = env.rename(columns={"_loss_orig": "loss"})
+    return env, [envelope_note(info)]
 
 
 def _skipped(frame) -> str:

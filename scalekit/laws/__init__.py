@@ -27,16 +27,17 @@ from scalekit.laws.objective import DEFAULT_DELTA, OBJECTIVES
 from scalekit.laws.isoflop import (CHINCHILLA_BUDGETS, AllocationFit, fit_envelope, fit_isoflop, group_budgets,
                                    isoflop_bias, training_envelope)
 from scalekit.laws.lbfgs import STATUS, LBFGSOptions, minimize_batch
+from scalekit.laws.lr_law import LrLawFit, LrOptimum, fit_lr_law, interpolate_lr_opt
 from scalekit.laws.results import LawFit
 
 __all__ = [
     "Allocation", "AllocationFit", "LawComparison", "compare_laws", "CHINCHILLA_BUDGETS", "CHINCHILLA_GRID_VALUES", "DATABLATIONS_PUBLISHED",
     "DEFAULT_DELTA", "Diagnostic", "DiagnosticWarning", "OBJECTIVES", "SOLVERS", "diagnose_isoflop",
     "diagnose_law", "DroppedPointsWarning", "ExtrapolationReport", "InvalidDataError", "LAWS", "LBFGSOptions",
-    "Law", "LawFit", "NotConvergedWarning", "ParabolaOpensDownwardWarning", "STATUS", "ScalingData",
+    "Law", "LawFit", "LrLawFit", "LrOptimum", "NotConvergedWarning", "ParabolaOpensDownwardWarning", "STATUS", "ScalingData",
     "ScalingLawWarning", "TooFewPointsError", "VertexOutsideRangeWarning", "bootstrap_fit", "chinchilla_loss",
     "chinchilla_optimal", "coverage_curve", "data_constrained_loss", "extrapolation_check", "fit_coverage",
-    "fit_envelope", "fit_isoflop", "fit_law", "get_law", "group_budgets", "isoflop_bias", "load_table",
-    "log_spaced_ks",
+    "fit_envelope", "fit_isoflop", "fit_law", "fit_lr_law", "get_law", "group_budgets", "isoflop_bias", "load_table",
+    "interpolate_lr_opt", "log_spaced_ks",
     "minimize_batch", "numeric_optimal", "optimal_exponents", "pass_at_k", "power_optimal", "training_envelope",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 _EXPORTS = {
     "Plan": "plan", "PlanError": "plan", "RunSpec": "plan", "grid_plan": "plan", "isoflop_plan": "plan",
-    "load_plan": "plan", "ResultsStore": "store", "SQLiteStore": "store", "load_sweep_frame": "store",
+    "load_plan": "plan", "lr_grid": "plan", "ResultsStore": "store", "SQLiteStore": "store", "load_sweep_frame": "store",
     "open_store": "store",
 }
 __all__ = sorted(_EXPORTS)

@@ -8,6 +8,12 @@ with `PATH:ARG`) or a module-level `PLAN`. Two kinds of plan:
   FLOP convention (C = flops_per_token(model) x D; "6N" is Chinchilla's 6ND, "palm" adds attention), rounded to
   whole steps of batch_size x seq_len tokens; combinations below `min_steps` are skipped.
 
+Learning rates (`lrs`) are one list for every model, a mapping from model name to that model's own list (a grid
+per size), or a callable `(model_name, model_fields, amount) -> list` (amount: the budget C of an IsoFLOP plan, the
+tokens or steps of a grid), so a grid may follow the size or the budget; `lr_grid(center, factor, n)` makes a
+geometric grid around a centre. The fits keep, per (size, budget) cell, the learning rate with the lowest loss
+(`scalekit.analysis.lrsweep`).
+
 Each run is the base preset's config with the plan's overrides, its model shape, steps, lr and seed applied, checked
 with `scalekit.config.validate`. Its key is the sha256 of the canonical JSON of that config, leaving out fields that
 do not change the result (progress display, logging, observability, checkpoint cadence, mesh, compilation cache):
@@ -25,9 +31,9 @@ import importlib.util
 import itertools
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import ml_collections
 
@@ -41,6 +47,24 @@ MODEL_FIELDS = tuple(default_config().model.keys())
 
 class PlanError(ValueError):
     """A plan cannot be loaded or expanded; the message says which run or field and how to fix it."""
+
+
+# One list for every model; a list per model name; or (model_name, model_fields, amount) -> list.
+LRs = Union[Sequence[float | None], Mapping[str, Sequence[float]], Callable[[str, dict, float], Sequence[float]]]
+
+
+def lr_grid(center: float, factor: float = 2.0, n: int = 5) -> list[float]:
+    """`n` learning rates spaced by `factor`, geometric and centred on `center`: center * factor^(j - (n-1)/2).
+
+    lr_grid(1e-3) = [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3]; an even n puts `center` between the middle two.
+    """
+    if not (isinstance(center, (int, float)) and math.isfinite(center) and center > 0):
+        raise PlanError(f"lr_grid: center={center!r} must be a positive finite learning rate")
+    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 1):
+        raise PlanError(f"lr_grid: factor={factor!r} must be a finite number > 1 (the ratio of neighbouring lrs)")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise PlanError(f"lr_grid: n={n!r} must be a whole number >= 1")
+    return [float(center) * float(factor) ** (j - (n - 1) / 2.0) for j in range(n)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +109,7 @@ class Plan:
     models: Sequence[str | Mapping[str, Any]]
     base: str = "configs/train.py:tiny"
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    lrs: Sequence[float | None] = (None,)
+    lrs: LRs = (None,)  # None: the base config's lr; see the module docstring for a per-size mapping or callable
     seeds: Sequence[int] = (0,)
     tokens: Sequence[int] | None = None  # grid: token budgets D
     steps: Sequence[int] | None = None  # grid: step counts (instead of tokens)
@@ -103,21 +127,35 @@ class Plan:
 
 
 def grid_plan(name: str, models: Sequence[str | Mapping[str, Any]], *, tokens: Sequence[int] | None = None,
-              steps: Sequence[int] | None = None, lrs: Sequence[float | None] = (None,), seeds: Sequence[int] = (0,),
+              steps: Sequence[int] | None = None, lrs: LRs = (None,), seeds: Sequence[int] = (0,),
               **kwargs: Any) -> Plan:
-    """A grid over models x (token budgets or step counts) x learning rates x seeds."""
+    """A grid over models x (token budgets or step counts) x learning rates x seeds.
+
+    `lrs`: one list for every model, {model name: its list}, or a callable (model_name, model_fields, amount) ->
+    list with amount the cell's tokens (or steps)."""
     if (tokens is None) == (steps is None):
         raise PlanError(f"grid plan {name!r}: give exactly one of tokens=[...] or steps=[...]")
-    return Plan(name=name, kind="grid", models=list(models), tokens=tokens, steps=steps, lrs=list(lrs),
+    return Plan(name=name, kind="grid", models=list(models), tokens=tokens, steps=steps, lrs=_lrs_arg(lrs),
                 seeds=list(seeds), **kwargs)
 
 
 def isoflop_plan(name: str, models: Sequence[str | Mapping[str, Any]], budgets: Sequence[float], *,
-                 flops: str = "6N", min_steps: int = 10, lrs: Sequence[float | None] = (None,),
+                 flops: str = "6N", min_steps: int = 10, lrs: LRs = (None,),
                  seeds: Sequence[int] = (0,), **kwargs: Any) -> Plan:
-    """For each compute budget C and model, train on the tokens that spend C under FLOP convention `flops`."""
+    """For each compute budget C and model, train on the tokens that spend C under FLOP convention `flops`.
+
+    `lrs`: one list for every model, {model name: its list}, or a callable (model_name, model_fields, C) -> list."""
     return Plan(name=name, kind="isoflop", models=list(models), budgets=list(budgets), flops=flops,
-                min_steps=min_steps, lrs=list(lrs), seeds=list(seeds), **kwargs)
+                min_steps=min_steps, lrs=_lrs_arg(lrs), seeds=list(seeds), **kwargs)
+
+
+def _lrs_arg(lrs: LRs) -> LRs:
+    """A plan's lrs as stored: a list (as before), a dict copy of a mapping, or the callable itself."""
+    if callable(lrs):
+        return lrs
+    if isinstance(lrs, Mapping):
+        return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in lrs.items()}
+    return list(lrs) if not isinstance(lrs, (str, bytes)) else lrs
 
 
 # --- loading ---------------------------------------------------------------------------------------------------------
@@ -264,6 +302,80 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
 
 
+def _lr_problem(lr: Any) -> str | None:
+    """Why `lr` is not a usable learning rate (None: it is; None itself means the base config's lr)."""
+    if lr is None:
+        return None
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) and not hasattr(lr, "__float__"):
+        return f"{lr!r} is not a number"
+    try:
+        x = float(lr)
+    except (TypeError, ValueError):
+        return f"{lr!r} is not a number"
+    if not math.isfinite(x) or x <= 0:
+        return f"{lr!r} is not a positive finite number"
+    return None
+
+
+def _as_lr_list(value: Any, where: str) -> list[float | None]:
+    """A list of learning rates from one grid entry, checked: non-empty, each positive and finite (or None)."""
+    fix = "give a non-empty list of positive learning rates, e.g. lrs=lr_grid(1e-3)"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) and not hasattr(value, "__iter__"):
+        raise PlanError(f"{where}: {value!r} is not a list of learning rates; {fix}")
+    out = list(value)
+    if not out:
+        raise PlanError(f"{where}: the learning-rate grid is empty; {fix}")
+    for lr in out:
+        problem = _lr_problem(lr)
+        if problem:
+            raise PlanError(f"{where}: learning rate {problem}; {fix}")
+    return [None if lr is None else float(lr) for lr in out]
+
+
+def _check_lr_mapping(plan: Plan, names: Sequence[str]) -> None:
+    """A per-size mapping must name exactly the plan's models."""
+    if not isinstance(plan.lrs, Mapping):
+        return
+    extra = [k for k in plan.lrs if k not in names]
+    if extra:
+        raise PlanError(f"plan {plan.name!r}: lrs names model(s) {extra} that the plan lacks (its models: "
+                        f"{list(dict.fromkeys(names))}); rename the key(s) or add the model(s) to models=[...]")
+    missing = [n for n in dict.fromkeys(names) if n not in plan.lrs]
+    if missing:
+        raise PlanError(f"plan {plan.name!r}: lrs has no learning-rate grid for model(s) {missing}; add "
+                        f"{missing[0]!r}: [...] to lrs (e.g. lr_grid(1e-3))")
+
+
+def lrs_for(plan: Plan, model: str, fields: Mapping[str, Any], amount: float) -> list[float | None]:
+    """The learning rates of one (model, amount) cell of `plan`, checked (PlanError naming the field and the fix).
+
+    amount: the compute budget C of an IsoFLOP plan, the tokens (or steps) of a grid."""
+    lrs = plan.lrs
+    where = f"plan {plan.name!r}: lrs"
+    if isinstance(lrs, Mapping):
+        if model not in lrs:
+            raise PlanError(f"{where} has no learning-rate grid for model {model!r}; add {model!r}: [...] to lrs")
+        return _as_lr_list(lrs[model], f"{where}[{model!r}]")
+    if callable(lrs):
+        try:
+            value = lrs(model, dict(fields), float(amount))
+        except PlanError:
+            raise
+        except Exception as e:
+            raise PlanError(f"{where}({model!r}, ..., {_fmt(amount)}) failed: {type(e).__name__}: {e}") from e
+        return _as_lr_list(value, f"{where}({model!r}, ..., {_fmt(amount)})")
+    return _as_lr_list(lrs, where)
+
+
+def _lr_labels(values: Sequence[float]) -> list[str]:
+    """Name labels of a cell's learning rates: 3 significant digits, more where two would read the same."""
+    for spec in (".3g", ".6g", ".12g"):
+        labels = [_fmt(v) if spec == ".3g" else format(v, spec) for v in values]
+        if len(set(labels)) == len(set(values)):
+            return labels
+    return [repr(v) for v in values]
+
+
 def expand(plan: Plan) -> list[RunSpec]:
     """Expand `plan` into RunSpecs (see Plan.expand); plan.skipped lists what was left out and why."""
     if plan.kind not in ("grid", "isoflop"):
@@ -286,7 +398,16 @@ def expand(plan: Plan) -> list[RunSpec]:
     plan.skipped = []
     runs: dict[str, RunSpec] = {}
     amounts = plan.budgets if plan.kind == "isoflop" else (plan.tokens or plan.steps)
-    for amount, (mname, mfields), lr, seed in itertools.product(amounts, models, plan.lrs, plan.seeds):
+    _check_lr_mapping(plan, [m for m, _ in models])
+    base_lr = float(base.optimizer.lr)
+    cells = []  # (amount, model, its fields, lr, its name label or None, seed), in plan order
+    for amount, (mname, mfields) in itertools.product(amounts, models):
+        cell_lrs = lrs_for(plan, mname, mfields, amount)
+        labels = _lr_labels([base_lr if lr is None else float(lr) for lr in cell_lrs]) if len(cell_lrs) > 1 else None
+        for j, lr in enumerate(cell_lrs):
+            for seed in plan.seeds:
+                cells.append((amount, mname, mfields, lr, labels[j] if labels else None, seed))
+    for amount, mname, mfields, lr, lr_label, seed in cells:
         cfg = ml_collections.ConfigDict(base.to_dict())
         for k, v in mfields.items():
             set_field(cfg, f"model.{k}", v)
@@ -308,13 +429,14 @@ def expand(plan: Plan) -> list[RunSpec]:
             steps = int(amount)
             label = f"S{steps}"
         if steps < max(plan.min_steps, 1):
-            plan.skipped.append(f"{mname} {label}: {steps} steps < min_steps={plan.min_steps} "
-                                f"({tokens_per_step} tokens/step)")
+            why = f"{mname} {label}: {steps} steps < min_steps={plan.min_steps} ({tokens_per_step} tokens/step)"
+            if why not in plan.skipped:  # once per (model, budget), not once per lr and seed
+                plan.skipped.append(why)
             continue
         cfg.steps = steps
         if plan.warmup_fraction is not None:
             cfg.optimizer.warmup_steps = round(plan.warmup_fraction * steps)
-        name = "_".join([mname, label] + ([f"lr{_fmt(cfg.optimizer.lr)}"] if len(plan.lrs) > 1 else [])
+        name = "_".join([mname, label] + ([f"lr{lr_label}"] if lr_label is not None else [])
                         + ([f"s{seed}"] if len(plan.seeds) > 1 else []))
         cfg.observe.run_name = name
         try:
@@ -360,6 +482,76 @@ def describe(runs: Sequence[RunSpec]) -> str:
     conv = runs[0].flop_convention if runs else "6N"
     lines.append(f"{len(runs)} runs, C under the {conv!r} convention, {_fmt(sum(r.flops_plan for r in runs))} "
                  f"FLOPs in all; estimated {_hms(total)} sequentially")
+    grid = describe_lr_grid(runs)
+    if grid:
+        lines += ["", grid]
+    return "\n".join(lines)
+
+
+def _cell(r: RunSpec) -> tuple[str, float]:
+    """The (model, budget) cell of a run: its IsoFLOP budget, or its tokens in a grid."""
+    return r.model, (r.budget if r.budget is not None else float(r.tokens))
+
+
+def lr_grid_summary(runs: Sequence[RunSpec]) -> dict[str, Any] | None:
+    """What the plan's learning-rate grids cost, or None when every (model, budget) cell has one lr.
+
+    Per model (in plan order): its lrs, cells, runs, FLOPs and estimated time, and the same for a plan with one lr
+    per cell (each cell's runs divided by its number of lrs: lr changes no run's cost); and the totals."""
+    cells: dict[tuple[str, float], dict[str, Any]] = {}
+    for r in runs:
+        c = cells.setdefault(_cell(r), {"lrs": [], "runs": 0, "flops": 0.0, "est": 0.0})
+        if r.lr not in c["lrs"]:
+            c["lrs"].append(r.lr)
+        c["runs"] += 1
+        c["flops"] += r.flops_plan
+        c["est"] += r.est_time_s
+    if not cells or max(len(c["lrs"]) for c in cells.values()) < 2:
+        return None
+    models: dict[str, dict[str, Any]] = {}
+    for (model, _), c in cells.items():
+        m = models.setdefault(model, {"model": model, "lrs": [], "lrs_per_cell": [], "cells": 0, "runs": 0,
+                                      "flops": 0.0, "est_time_s": 0.0, "flops_one_lr": 0.0,
+                                      "est_time_s_one_lr": 0.0})
+        m["lrs"] += [lr for lr in c["lrs"] if lr not in m["lrs"]]
+        m["lrs_per_cell"].append(len(c["lrs"]))
+        m["cells"] += 1
+        m["runs"] += c["runs"]
+        m["flops"] += c["flops"]
+        m["est_time_s"] += c["est"]
+        m["flops_one_lr"] += c["flops"] / len(c["lrs"])
+        m["est_time_s_one_lr"] += c["est"] / len(c["lrs"])
+    for m in models.values():
+        m["lrs"] = sorted(m["lrs"])
+        m["n_params"] = next(r.n_params for r in runs if r.model == m["model"])
+    per_cell = [len(c["lrs"]) for c in cells.values()]
+    total = {k: sum(m[k] for m in models.values()) for k in ("runs", "flops", "est_time_s", "flops_one_lr",
+                                                              "est_time_s_one_lr")}
+    total["flops_ratio"] = total["flops"] / total["flops_one_lr"] if total["flops_one_lr"] else float("nan")
+    total["time_ratio"] = (total["est_time_s"] / total["est_time_s_one_lr"] if total["est_time_s_one_lr"]
+                           else float("nan"))
+    return {"lrs_per_cell": (min(per_cell), max(per_cell)), "models": list(models.values()), "total": total}
+
+
+def describe_lr_grid(runs: Sequence[RunSpec]) -> str:
+    """The learning-rate grid per model size and what it costs against one lr per cell ('' without a grid)."""
+    s = lr_grid_summary(runs)
+    if s is None:
+        return ""
+    lo, hi = s["lrs_per_cell"]
+    t = s["total"]
+    per = f"{lo} per size" if lo == hi else f"{lo}-{hi} per size and budget"
+    lines = [f"lr grid: {per}, {t['flops_ratio']:.1f}x the FLOPs of one lr ({_fmt(t['flops'])} against "
+             f"{_fmt(t['flops_one_lr'])}), estimated {_hms(t['est_time_s'])} against {_hms(t['est_time_s_one_lr'])} "
+             f"({t['time_ratio']:.1f}x)"]
+    head = f"  {'model':<16} {'N':>9} {'lrs':<40} {'runs':>5} {'C':>9} {'est':>7} {'x one lr':>8}"
+    lines += [head, "  " + "-" * (len(head) - 2)]
+    for m in s["models"]:
+        lrs = ", ".join(_fmt(x) for x in m["lrs"])
+        lrs = lrs if len(lrs) <= 40 else lrs[:37] + "..."
+        ratio = m["flops"] / m["flops_one_lr"] if m["flops_one_lr"] else float("nan")
+        lines.append(f"  {m['model'][:16]:<16} {_fmt(m['n_params']):>9} {lrs:<40} {m['runs']:>5} "
+                     f"{_fmt(m['flops']):>9} {_hms(m['est_time_s']):>7} {ratio:>7.1f}x")
     return "\n".join(lines)
 
 

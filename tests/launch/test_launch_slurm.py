@@ -192,3 +192,59 @@ def test_render_array_runs_each_command_in_its_own_task(slurm_cluster, job_env, 
         _wait_for(slurm_cluster, f"{job_id}_{i}")
     outs = [p.read_text() for p in sorted(tmp_path.glob("slurm-array-*_*.out"))]
     assert len(outs) == 2 and "ARRAY 0 1" in outs[0] and "ARRAY 1 1" in outs[1], outs
+
+
+def test_sweep_job_array_shares_one_postgres_store(slurm_cluster, job_env, pg_server, pg_url, tmp_path: Path) -> None:
+    """Three array tasks claim from one PostgreSQL store: they find it through DIR/store.json, and the password
+    through PGPASSWORD in sbatch's environment, never in the script or any file of the sweep."""
+    from collections import Counter
+
+    from scalekit.sweep.plan import load_plan
+    from scalekit.sweep.store import open_store, url_without_password
+
+    pw = pg_server.password
+    workdir, log = tmp_path / "sweep", tmp_path / "fake.log"
+    names = {r.key: r.name for r in load_plan("experiments/sweep_tiny.py").expand()}
+    env = {k: v for k, v in job_env.items() if not k.startswith("PG")}
+    env.update(SCALEKIT_FAKE_LOG=str(log), SCALEKIT_FAKE_SLEEP="0.3", PGPASSFILE="/dev/null")
+    fake = "{python} -m scalekit.sweep.fake_train --config {config} --workdir {workdir}"
+    res = subprocess.run([sys.executable, "-m", "scalekit", "sweep", "run", "experiments/sweep_tiny.py", "--workdir",
+                          str(workdir), "--store", pg_url, "--executor", "slurm", "--parallel", "3", "--train-cmd",
+                          fake], capture_output=True, text=True, cwd=REPO, env=env, check=False, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert pw not in res.stdout + res.stderr and "(3 tasks)" in res.stdout, res.stdout
+    job_id = res.stdout.split("submitted Slurm array job ")[1].split()[0]
+    deadline = time.monotonic() + 120
+    while subprocess.run(["squeue", "-h", "-j", job_id], env=job_env, capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, slurm_cluster.logs()
+        time.sleep(0.5)
+    outs = {p.name: p.read_text(errors="replace") for p in (workdir / "slurm").glob("*.out")}
+    assert len(outs) == 3, outs
+    assert all("worker done:" in text for text in outs.values()), outs
+    for i in range(3):
+        st = slurm_cluster.job_state(f"{job_id}_{i}")
+        assert (st.get("JobState"), st.get("ExitCode")) == ("COMPLETED", "0:0"), (st, outs)
+
+    store = open_store(f"{pg_url}?sweep=sweep", create=False, readonly=True)
+    try:
+        rows, events = store.rows(), store.events()
+    finally:
+        store.close()
+    logs = "\n".join(outs.values())[-4000:]
+    assert sorted(r["key"] for r in rows) == sorted(names) and {r["status"] for r in rows} == {"done"}, logs
+    assert Counter(e["key"] for e in events if e["event"] == "done") == Counter(list(names))
+    assert Counter(e["key"] for e in events if e["event"] == "claimed") == Counter(list(names))
+    assert {r["attempts"] for r in rows} == {1}
+    workers = {e["worker"] for e in events if e["event"] == "claimed"}
+    assert workers <= {f"slurm-{job_id}_{i}" for i in range(3)} and len(workers) >= 2, workers  # they shared it
+    starts = Counter(json.loads(x)["name"] for x in log.read_text().splitlines() if '"start"' in x)
+    assert starts == Counter(names.values()), starts  # each run trained exactly once across the tasks
+
+    scripts = list((workdir / "slurm").glob("*.sbatch"))
+    assert len(scripts) == 1
+    script = scripts[0].read_text()
+    assert "#SBATCH --array=0-2" in script and "sweep work" in script
+    assert "--store" not in script and "postgresql" not in script and "PGPASSWORD" not in script
+    assert json.loads((workdir / "store.json").read_text()) == {"url": url_without_password(pg_url), "sweep": "sweep"}
+    for p in [p for p in workdir.rglob("*") if p.is_file()]:
+        assert pw.encode() not in p.read_bytes(), p
