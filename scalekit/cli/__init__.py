@@ -14,6 +14,7 @@ COMMANDS = {
     "preflight": ("scalekit.cli.preflight", "measure device and interconnect throughput, find stragglers"),
     "report": ("scalekit.cli.report", "write an HTML report of a sweep's fits"),
     "rl": ("scalekit.cli.rl", "post-train with GRPO against a task's verifier"),
+    "mup-check": ("scalekit.cli.mup_check", "muP coordinate check: activation sizes against width, standard vs muP"),
 }
 
 

@@ -7,10 +7,12 @@ width grows. The width multiplier is m = d_model / base_width; relative to stand
   initialisation (variance 1/fan_in), and an Adam learning rate times 1/m (weight decay is decoupled and scaled
   with it, as mup's MuAdamW does).
 - Input embedding, norm scales: unchanged (initialisation and learning rate).
-- Output layer (unembedding): logits times 1/m (the output multiplier), the same initialisation and learning rate:
-  mup's MuReadout + MuAdam formulation, equivalent to Table 3's 1/fan_in^2 initialisation and 1/fan_in rate. With
-  tied embeddings the one matrix is both the input embedding and the readout: its learning rate stays 1 and the
-  logits still get 1/m (the mup package's tied case); untied embeddings are the cleaner muP.
+- Output layer (unembedding): logits times 1/m (the output multiplier), its initial standard deviation times
+  sqrt(m) (so base_width^-0.5 at every width), and an unchanged learning rate: mup's MuReadout (with its
+  `_rescale_parameters`) + MuAdam, equivalent to Table 3's 1/fan_in^2 initial variance and 1/fan_in rate: the
+  logits start at O(1/sqrt(m)). With tied embeddings the one matrix is both the input embedding (whose
+  initialisation must not change with width) and the readout: it keeps the embedding's initialisation and learning
+  rate, and the logits still get 1/m (the mup package's tied case); untied embeddings are the cleaner muP.
 - Attention logits scaled by 1/d_head rather than 1/sqrt(d_head): sqrt(base_head_dim) / d_head, so that at
   d_head == base_head_dim it is exactly the standard 1/sqrt(d_head).
 

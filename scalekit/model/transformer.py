@@ -147,8 +147,9 @@ class Transformer(nnx.Module):
         self.embed_VD = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), 1.0)
         self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
         self.final_norm = RMSNorm(cfg.d_model)
+        readout_std = cfg.d_model ** -0.5 * mup_scales(cfg).width_mult ** 0.5  # muP: x sqrt(m), see model/mup.py
         self.unembed_DV = (None if cfg.tie_embeddings else
-                           _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.d_model ** -0.5))
+                           _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), readout_std))
         self.dtype = DTYPES[cfg.dtype]
         self.remat = bool(cfg.remat)
         self.output_mult = mup_scales(cfg).output_mult  # 1 unless muP at another width than the base

@@ -81,6 +81,17 @@ def test_adam_learning_rate_multipliers_per_parameter_group():
     assert {("embed_VD", 1.0), ("unembed_DV", 1.0), ("scale", 1.0), ("q_DNH", 0.25), ("down_FD", 0.25)} <= seen
 
 
+def test_the_readout_starts_sqrt_m_larger_and_everything_else_as_standard():
+    std = init_params(model_cfg(d_model=128), 0)
+    mu = init_params(model_cfg(d_model=128, parametrization="mup", base_width=32), 0)   # m = 4: sqrt(m) = 2
+
+    def check(path, a, b):
+        ratio = 2.0 if str(path[-1].key) == "unembed_DV" else 1.0   # Table 3: readout variance 1/fan_in^2
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a) * ratio, rtol=1e-6, err_msg=str(path))
+    jax.tree_util.tree_map_with_path(check, std, mu)
+    assert float(np.std(np.asarray(mu["unembed_DV"]))) == pytest.approx(32 ** -0.5 * 0.88, rel=0.05)  # truncated
+
+
 def test_logits_carry_the_output_multiplier():
     base_hd = 16                                                # = head_dim: attention scale unchanged
     std_cfg = model_cfg(d_model=64)
