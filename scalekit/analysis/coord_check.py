@@ -24,13 +24,14 @@ Recorded per layer (the mup package's choice: every residual branch before it is
   logits                    the output logits (after the muP output multiplier)
 RMS = sqrt(mean of squares over batch, positions and features). Step 0 is the initialisation, step t the model
 after t updates. Also recorded: `delta`, the RMS of each activation's change since initialisation (x_t - x_0 on the
-probe batch), which leaves out parts that start width-dependent on purpose: muP's logits start at 1/m of standard's
-(the 1/m output multiplier on a readout initialised as in standard; the mup package's MuReadout also multiplies the
-readout's initial weights by sqrt(m), so its logits start at 1/sqrt(m)), so at small widths and few steps muP's
-logit sizes still slope down until the readout's width-independent updates outgrow the initial part (a larger lr or
-more steps gets there sooner); muP's 1/head_dim attention also starts closer to uniform at larger head_dim. The slope of a layer at a step is the least-squares slope of log RMS on log width; a group's slope
-(embedding, attention out, MLP out, residual, logits) is the mean of its layers' slopes, which is also the slope of
-the group's geometric-mean RMS (the widths are the same for every layer).
+probe batch), which leaves out parts that start width-dependent on purpose: muP's logits start at 1/sqrt(m) of
+standard's (Table 3's readout initialisation: the 1/m output multiplier on a readout initialised sqrt(m) larger, as
+the mup package's MuReadout), so at small widths and few steps muP's logit sizes still slope down until the
+readout's width-independent updates outgrow the initial part (a larger lr or more steps gets there sooner); muP's
+1/head_dim attention also starts closer to uniform at larger head_dim. The slope of a layer at a step is the
+least-squares slope of log RMS on log width; a group's slope (embedding, attention out, MLP out, residual, logits)
+is the mean of its layers' slopes, which is also the slope of the group's geometric-mean RMS (the widths are the
+same for every layer).
 
     from scalekit.analysis.coord_check import coord_check, plot_coord_check
     results = {p: coord_check(cfg, [64, 128, 256, 512], parametrization=p) for p in ("standard", "mup")}
@@ -82,7 +83,7 @@ class CoordCheck:
 
     `rms` is the size of each activation; `delta` the size of its change since initialisation on the same probe
     batch, x_t - x_0 (what Yang et al. 2022's Figure 5 plots): muP makes both width-independent except where the
-    initial value itself shrinks with width (muP's logits start at 1/m of standard's, and its 1/head_dim attention
+    initial value itself shrinks with width (muP's logits start at 1/sqrt(m) of standard's, and its 1/head_dim attention
     starts more uniform at larger head_dim), which `delta` leaves out.
     """
 

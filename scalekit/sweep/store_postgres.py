@@ -241,12 +241,13 @@ class PostgresStore(SQLStore):
                     return fn(db, op)
             except psycopg.OperationalError as e:
                 tries += 1
+                why = " ".join(self._scrub(str(e)).split())
                 if time.monotonic() + delay > deadline:
                     raise StoreError(f"results store {self.location}: the connection was lost and not regained "
-                                     f"within {self.retry_for_s:g} s ({' '.join(self._scrub(str(e)).split())})") from None
+                                     f"within {self.retry_for_s:g} s ({why})") from None
                 if tries == 1:
-                    log.warning("results store %s: connection lost (%s); retrying for up to %g s", self.location,
-                                " ".join(self._scrub(str(e)).split()), self.retry_for_s)
+                    log.warning("results store %s: connection lost (%s); retrying for up to %g s", self.location, why,
+                                self.retry_for_s)
                 time.sleep(delay)
                 delay = min(2 * delay, 5.0)
             except psycopg.Error as e:
