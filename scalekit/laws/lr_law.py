@@ -8,6 +8,9 @@ that step (numpy and scipy only: nothing here knows about sweeps, stores or trai
   and its two neighbours (its vertex lies between them, so it never leaves the grid). A best point at either end of
   the grid cannot be interpolated: it is returned as is and flagged `at_edge` ("widen the grid"), since the true
   optimum may lie beyond it.
+- `lr_opt_interval(lrs, losses)`: an interval on one grid's optimum: a least-squares quadratic in log lr over the
+  best learning rate and up to two neighbours on each side (every seed's loss a point of its own), its vertex with a
+  delta-method interval (Student-t on the residual variance, or a known per-point noise `sigma`).
 - `fit_lr_law(N, lr_opt)`: least squares of log lr_opt against log N, i.e. lr_opt = c N^slope with the exponent's
   sign left free (k = -slope, so a positive k means larger models want smaller learning rates), with t-based or
   bootstrap intervals on k, on c and on the predicted lr_opt at any N.
@@ -26,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["LrOptimum", "LrLawFit", "interpolate_lr_opt", "fit_lr_law"]
+__all__ = ["LrOptimum", "LrOptInterval", "LrLawFit", "interpolate_lr_opt", "lr_opt_interval", "fit_lr_law"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,124 @@ def interpolate_lr_opt(lrs: Sequence[float], losses: Sequence[float]) -> LrOptim
     loss_opt = float(a * (u_opt - u[0]) * (u_opt - u[1]) + d1 * (u_opt - u[0]) + v[0])
     return LrOptimum(**base, lr_opt=float(np.exp(u_opt)), loss_opt=loss_opt, at_edge=False, edge=None,
                      method="parabola")
+
+
+@dataclass(frozen=True)
+class LrOptInterval:
+    """The optimum of one learning-rate grid from a least-squares quadratic in log lr, with an interval.
+
+    lr_opt: exp of the quadratic's vertex (lr_best where there is none). lo, hi: the interval on lr_opt at `level`
+    (nan where there is none: fewer than three learning rates in the window, a quadratic that is not convex, or no
+    residual degrees of freedom and no `sigma`). se_log: the delta-method standard error of log lr_opt. window: the
+    learning rates fitted. n_points: the losses fitted (one per seed). curvature: d^2 loss / d(log lr)^2 / 2.
+    method: "delta-t" (t on the residual variance, n_points - 3 degrees of freedom), "delta-z" (known sigma) or
+    "none". at_edge: the best learning rate is the smallest or largest of the grid. note: why there is no interval,
+    or a warning (vertex outside the window).
+    """
+
+    lr_opt: float
+    lo: float
+    hi: float
+    level: float
+    se_log: float
+    lr_best: float
+    window: tuple[float, ...]
+    n_points: int
+    curvature: float
+    method: str
+    at_edge: bool
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        def f(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+        return {"lr_opt": self.lr_opt, "lo": f(self.lo), "hi": f(self.hi), "level": self.level,
+                "se_log": f(self.se_log), "lr_best": self.lr_best, "window": list(self.window),
+                "n_points": self.n_points, "curvature": f(self.curvature), "method": self.method,
+                "at_edge": self.at_edge, "note": self.note}
+
+
+def lr_opt_interval(lrs: Sequence[float], losses: Sequence[float], *, neighbours: int = 2, level: float = 0.95,
+                    sigma: float | None = None) -> LrOptInterval:
+    """The optimum of one grid with an interval: least squares of loss on (1, u, u^2), u = log lr, over a window.
+
+    `lrs` and `losses` are parallel (an lr may repeat: one point per seed). The best learning rate is the one with
+    the lowest mean loss (a non-finite loss, a diverged run, makes its learning rate's mean infinite); the window is
+    it and up to `neighbours` grid learning rates on each side, less those with a non-finite mean. With coefficients
+    (c0, c1, c2) the vertex is u* = -c1 / (2 c2) and, by the delta method, Var u* = g' Cov g with
+    g = (0, -1 / (2 c2), c1 / (2 c2^2)) and Cov = s^2 (X'X)^-1; s^2 is the residual variance RSS / (n - 3) (interval
+    u* +- t_{n-3} se) unless `sigma`, a known noise sd of each loss, is given (then s = sigma and a normal quantile).
+    The interval is exp of that on log lr. Raises ValueError on mismatched lengths, an empty grid, non-positive or
+    non-finite lrs, no finite loss, neighbours < 1 or a level outside (0, 1).
+    """
+    x = np.asarray(lrs, np.float64).ravel()
+    y = np.asarray(losses, np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"lrs and losses differ in length ({x.size} and {y.size})")
+    if x.size == 0:
+        raise ValueError("an empty learning-rate grid has no optimum")
+    if not (np.all(np.isfinite(x)) and np.all(x > 0)):
+        raise ValueError(f"learning rates must be positive and finite, got {x.tolist()}")
+    if isinstance(neighbours, bool) or int(neighbours) != neighbours or neighbours < 1:
+        raise ValueError(f"neighbours must be a whole number >= 1, got {neighbours!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a positive finite noise sd, got {sigma!r}")
+    y = np.where(np.isnan(y), np.inf, y)
+    grid = np.unique(x)
+    means = np.array([np.mean(y[x == g]) if np.all(np.isfinite(y[x == g])) else np.inf for g in grid])
+    if not np.isfinite(means).any():
+        raise ValueError(f"no finite loss on the learning-rate grid {grid.tolist()}")
+    i = int(np.argmin(means))
+    lr_best = float(grid[i])
+    at_edge = i == 0 or i == grid.size - 1
+    idx = [j for j in range(max(0, i - int(neighbours)), min(grid.size, i + int(neighbours) + 1))
+           if np.isfinite(means[j])]
+    window = grid[idx]
+    nan = float("nan")
+    base = dict(level=float(level), lr_best=lr_best, window=tuple(map(float, window)), at_edge=bool(at_edge))
+    keep = np.isin(x, window)
+    u, v = np.log(x[keep]), y[keep]
+    n = int(u.size)
+    if window.size < 3:
+        return LrOptInterval(lr_opt=lr_best, lo=nan, hi=nan, se_log=nan, n_points=n, curvature=nan, method="none",
+                             note="fewer than three learning rates with finite losses around the best", **base)
+    ub = float(u.mean())
+    X = np.stack([np.ones_like(u), u - ub, (u - ub) ** 2], axis=1)
+    coef, *_ = np.linalg.lstsq(X, v, rcond=None)
+    c0, c1, c2 = map(float, coef)
+    if not c2 > 0:
+        return LrOptInterval(lr_opt=lr_best, lo=nan, hi=nan, se_log=nan, n_points=n, curvature=c2, method="none",
+                             note="the fitted quadratic is not convex: no vertex", **base)
+    u_opt = ub - c1 / (2.0 * c2)
+    note = ""
+    if not np.log(window[0]) <= u_opt <= np.log(window[-1]):
+        note = "the vertex lies outside the fitted window"
+    if at_edge:
+        note = (note + "; " if note else "") + "best lr at the edge of the grid: widen the grid"
+    dof = n - 3
+    if sigma is not None:
+        s2, method = float(sigma) ** 2, "delta-z"
+        from scipy.stats import norm
+
+        q = float(norm.ppf(0.5 + level / 2.0))
+    elif dof > 0:
+        resid = v - X @ coef
+        s2, method = float(resid @ resid) / dof, "delta-t"
+        from scipy.stats import t as student_t
+
+        q = float(student_t.ppf(0.5 + level / 2.0, dof))
+    else:
+        note = (note + "; " if note else "") + "an exact fit (no residual degrees of freedom): no interval"
+        return LrOptInterval(lr_opt=float(np.exp(u_opt)), lo=nan, hi=nan, se_log=nan, n_points=n, curvature=c2,
+                             method="none", note=note, **base)
+    cov = s2 * np.linalg.inv(X.T @ X)
+    g = np.array([0.0, -1.0 / (2.0 * c2), c1 / (2.0 * c2 ** 2)])
+    se = float(math.sqrt(max(float(g @ cov @ g), 0.0)))
+    return LrOptInterval(lr_opt=float(np.exp(u_opt)), lo=float(np.exp(u_opt - q * se)),
+                         hi=float(np.exp(u_opt + q * se)), se_log=se, n_points=n, curvature=c2, method=method,
+                         note=note, **base)
 
 
 @dataclass(repr=False)
