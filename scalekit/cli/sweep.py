@@ -1,4 +1,5 @@
-"""`scalekit sweep plan|run|work|status|export|ingest|repair`: declare, run, resume, inspect, export, repair sweeps.
+"""`scalekit sweep plan|run|work|status|export|ingest|repair|migrate`: declare, run, inspect, export, repair and
+copy sweeps.
 
   scalekit sweep plan PLAN [--json]                      print the runs a plan makes, with N, D, C and time
   scalekit sweep run PLAN --workdir DIR [--store URL] [--executor local|slurm] [--parallel K] [--max-attempts 3]
@@ -218,7 +219,7 @@ def _point_to(workdir: str, store: ResultsStore, url: str) -> None:
     if is_url(workdir):
         return
     local = store_path(workdir)
-    if local.exists() and not is_url(url.removeprefix("sqlite://")):
+    if local.exists() and not url.startswith("sqlite://"):
         print(f"note: {local} is not used: this sweep's results go to {store.location} (copy the old ones over with "
               f"`scalekit sweep migrate {workdir} URL`)")
     write_pointer(workdir, store, url)
