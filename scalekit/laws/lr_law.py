@@ -60,7 +60,9 @@ class LrOptimum:
                 "loss_opt": self.loss_opt, "at_edge": self.at_edge, "edge": self.edge, "method": self.method}
 
 
-def _grid(lrs: Sequence[float], losses: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _checked(lrs: Sequence[float], losses: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """lrs and losses as float arrays; ValueError for mismatched lengths, an empty grid, non-positive or non-finite
+    learning rates."""
     x = np.asarray(lrs, np.float64).ravel()
     y = np.asarray(losses, np.float64).ravel()
     if x.shape != y.shape:
@@ -69,6 +71,11 @@ def _grid(lrs: Sequence[float], losses: Sequence[float]) -> tuple[np.ndarray, np
         raise ValueError("an empty learning-rate grid has no optimum")
     if not (np.all(np.isfinite(x)) and np.all(x > 0)):
         raise ValueError(f"learning rates must be positive and finite, got {x.tolist()}")
+    return x, y
+
+
+def _grid(lrs: Sequence[float], losses: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _checked(lrs, losses)
     if len(np.unique(x)) != x.size:
         raise ValueError(f"learning rates repeat in the grid {x.tolist()}: average repeated runs (seeds) first")
     order = np.argsort(x)
@@ -160,14 +167,7 @@ def lr_opt_interval(lrs: Sequence[float], losses: Sequence[float], *, neighbours
     The interval is exp of that on log lr. Raises ValueError on mismatched lengths, an empty grid, non-positive or
     non-finite lrs, no finite loss, neighbours < 1 or a level outside (0, 1).
     """
-    x = np.asarray(lrs, np.float64).ravel()
-    y = np.asarray(losses, np.float64).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"lrs and losses differ in length ({x.size} and {y.size})")
-    if x.size == 0:
-        raise ValueError("an empty learning-rate grid has no optimum")
-    if not (np.all(np.isfinite(x)) and np.all(x > 0)):
-        raise ValueError(f"learning rates must be positive and finite, got {x.tolist()}")
+    x, y = _checked(lrs, losses)
     if isinstance(neighbours, bool) or int(neighbours) != neighbours or neighbours < 1:
         raise ValueError(f"neighbours must be a whole number >= 1, got {neighbours!r}")
     if not 0 < level < 1:
