@@ -33,7 +33,7 @@ REPORT_VERSION = 3          # bumped when the report changes, so that a rerun re
 COMPARE_BOOTSTRAP = 50      # resamples for the law comparison's prediction intervals (the main fits use --bootstrap)
 
 
-def _environment(workdir: Path) -> None:
+def child_environment(workdir: Path) -> None:
     """Children train on one CPU device each (drop the 8 fake devices `make` exports for the tests); this process
     keeps its compiled fits in a persistent cache so a rerun's fits compile in no time."""
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f]
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _environment(workdir)
+    child_environment(workdir)
     t0 = time.time()
     print(f"scalekit demo: IsoFLOP sweep -> fits -> report, in {workdir.resolve()}", flush=True)
     done, failed = run_sweep(args.plan, workdir, args.parallel, t0)

@@ -81,18 +81,6 @@ def get_plan(arg: str | None = None):
                      throughput=1e10, overhead_s=2.0)
 
 
-def _environment(workdir: Path) -> None:
-    """Children train on one CPU device each (drop the 8 fake devices the Makefile exports for the tests); a
-    persistent compilation cache in the workdir."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f]
-    os.environ["XLA_FLAGS"] = " ".join(flags)
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str((workdir / "xla_cache").resolve()))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-
-
 def _say(t0: float, msg: str) -> None:
     print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
 
@@ -259,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _environment(workdir)
+    from experiments.demo import child_environment  # the demo's: one CPU device per child, a compile cache
+
+    child_environment(workdir)
     t0 = time.time()
     plan = get_plan("quick" if args.quick else None)
     _say(t0, f"lr transfer study{' (quick)' if args.quick else ''} in {workdir.resolve()}")
