@@ -124,15 +124,20 @@ class ResultsStore(abc.ABC):
 
     def counts(self, keys: Sequence[str] | None = None) -> dict[str, int]:
         """Number of runs per status (restricted to `keys` when given)."""
-        wanted = set(keys) if keys is not None else None
-        out = {s: 0 for s in STATUSES}
-        for r in self.rows():
-            if wanted is None or r["key"] in wanted:
-                out[r["status"]] = out.get(r["status"], 0) + 1
-        return out
+        return tally(self.rows(), keys)
 
     def close(self) -> None:
         """Release connections (a no-op where there are none kept open)."""
+
+
+def tally(rows: Iterable[dict[str, Any]], keys: Sequence[str] | None = None) -> dict[str, int]:
+    """Runs per status (every status in STATUSES, 0 when none) of the rows whose key is in `keys` (all if None)."""
+    wanted = set(keys) if keys is not None else None
+    out = {s: 0 for s in STATUSES}
+    for r in rows:
+        if wanted is None or r["key"] in wanted:
+            out[r["status"]] = out.get(r["status"], 0) + 1
+    return out
 
 
 def _now() -> float:

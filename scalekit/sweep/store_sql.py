@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from scalekit.sweep import store as _store
-from scalekit.sweep.store import RESULT_FIELDS, STATUSES, Claim, ResultsStore, _clean, _dumps
+from scalekit.sweep.store import RESULT_FIELDS, Claim, ResultsStore, _clean, _dumps, tally
 
 T = TypeVar("T")
 NOT_APPLIED = object()  # what `recover` returns when the transaction it looks for never committed
@@ -241,12 +241,7 @@ class SQLStore(ResultsStore):
 
     def counts(self, keys: Sequence[str] | None = None) -> dict[str, int]:
         where, args = self._where()
-        wanted = set(keys) if keys is not None else None
-        out = {s: 0 for s in STATUSES}
-        for r in self._query(f"SELECT key, status FROM runs{where}", args):
-            if wanted is None or r["key"] in wanted:
-                out[r["status"]] = out.get(r["status"], 0) + 1
-        return out
+        return tally(self._query(f"SELECT key, status FROM runs{where}", args), keys)
 
     def events(self, key: str | None = None) -> list[dict[str, Any]]:
         where, args = self._where("key = ?" if key else "")
